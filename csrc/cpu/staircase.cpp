@@ -1,0 +1,29 @@
+// CPU kernels of the staircase unit (quantized ReLU): forward and fused surrogate backward.
+#include <torch/library.h>
+
+#include "../elementwise_ops.h"
+#include "loops.h"
+
+namespace ftprop {
+namespace cpu {
+namespace {
+
+at::Tensor staircase_cpu(const at::Tensor& z, int64_t steps, double lo, double hi,
+                         c10::string_view rule, bool grad_scale) {
+  return staircase_forward_impl<Loops>(z, steps, lo, hi, rule);
+}
+
+at::Tensor staircase_backward_cpu(const at::Tensor& grad, const at::Tensor& z, int64_t steps,
+                                  double lo, double hi, c10::string_view rule, bool grad_scale) {
+  return staircase_backward_impl<Loops>(grad, z, steps, lo, hi, rule, grad_scale);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ftprop_cuda, CPU, m) {
+  m.impl("staircase", &staircase_cpu);
+  m.impl("_staircase_backward", &staircase_backward_cpu);
+}
+
+}  // namespace cpu
+}  // namespace ftprop

@@ -1,0 +1,28 @@
+// CPU kernels of the step unit: the threshold forward and the fused surrogate backward.
+#include <torch/library.h>
+
+#include "../elementwise_ops.h"
+#include "loops.h"
+
+namespace ftprop {
+namespace cpu {
+namespace {
+
+at::Tensor step_cpu(const at::Tensor& z, c10::string_view rule, bool zero_one, bool grad_scale) {
+  return step_forward_impl<Loops>(z, rule, zero_one);
+}
+
+at::Tensor step_backward_cpu(const at::Tensor& grad, const at::Tensor& z, c10::string_view rule,
+                             bool zero_one, bool grad_scale) {
+  return step_backward_impl<Loops>(grad, z, rule, zero_one, grad_scale);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ftprop_cuda, CPU, m) {
+  m.impl("step", &step_cpu);
+  m.impl("_step_backward", &step_backward_cpu);
+}
+
+}  // namespace cpu
+}  // namespace ftprop

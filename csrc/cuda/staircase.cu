@@ -1,0 +1,32 @@
+// CUDA kernels of the staircase unit (quantized ReLU): forward and fused surrogate backward.
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../elementwise_ops.h"
+#include "launch.cuh"
+
+namespace ftprop {
+namespace cuda {
+namespace {
+
+at::Tensor staircase_cuda(const at::Tensor& z, int64_t steps, double lo, double hi,
+                          c10::string_view rule, bool grad_scale) {
+  const c10::cuda::CUDAGuard guard(z.device());
+  return staircase_forward_impl<Loops>(z, steps, lo, hi, rule);
+}
+
+at::Tensor staircase_backward_cuda(const at::Tensor& grad, const at::Tensor& z, int64_t steps,
+                                   double lo, double hi, c10::string_view rule, bool grad_scale) {
+  const c10::cuda::CUDAGuard guard(z.device());
+  return staircase_backward_impl<Loops>(grad, z, steps, lo, hi, rule, grad_scale);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ftprop_cuda, CUDA, m) {
+  m.impl("staircase", &staircase_cuda);
+  m.impl("_staircase_backward", &staircase_backward_cuda);
+}
+
+}  // namespace cuda
+}  // namespace ftprop

@@ -1,0 +1,31 @@
+// CUDA kernels of the step unit: the threshold forward and the fused surrogate backward.
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../elementwise_ops.h"
+#include "launch.cuh"
+
+namespace ftprop {
+namespace cuda {
+namespace {
+
+at::Tensor step_cuda(const at::Tensor& z, c10::string_view rule, bool zero_one, bool grad_scale) {
+  const c10::cuda::CUDAGuard guard(z.device());
+  return step_forward_impl<Loops>(z, rule, zero_one);
+}
+
+at::Tensor step_backward_cuda(const at::Tensor& grad, const at::Tensor& z, c10::string_view rule,
+                              bool zero_one, bool grad_scale) {
+  const c10::cuda::CUDAGuard guard(z.device());
+  return step_backward_impl<Loops>(grad, z, rule, zero_one, grad_scale);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ftprop_cuda, CUDA, m) {
+  m.impl("step", &step_cuda);
+  m.impl("_step_backward", &step_backward_cuda);
+}
+
+}  // namespace cuda
+}  // namespace ftprop

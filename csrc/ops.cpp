@@ -1,0 +1,27 @@
+// Operator schemas of ftprop_cuda. Kernels live in cpu/ and cuda/; autograd and fake (meta)
+// implementations are registered from Python (ftprop_cuda/_ops.py).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import ftprop_cuda._C` loads this shared library, which runs the TORCH_LIBRARY registrations
+// below; the module itself is empty (the ops are reached through torch.ops.ftprop_cuda).
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT, "_C", "ftprop_cuda operator library", -1, nullptr,
+  };
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(ftprop_cuda, m) {
+  // Forward passes. rule and grad_scale do not change the output; they are part of the schema so
+  // that the autograd formula registered in Python knows which surrogate backward to run.
+  m.def("step(Tensor z, str rule, bool zero_one, bool grad_scale) -> Tensor");
+  m.def("staircase(Tensor z, int steps, float lo, float hi, str rule, bool grad_scale) -> Tensor");
+  // Fused backward passes: target t = -sign(grad), the rule's slope and the weighting in one pass.
+  m.def("_step_backward(Tensor grad, Tensor z, str rule, bool zero_one, bool grad_scale) -> Tensor");
+  m.def(
+      "_staircase_backward(Tensor grad, Tensor z, int steps, float lo, float hi, str rule, "
+      "bool grad_scale) -> Tensor");
+}

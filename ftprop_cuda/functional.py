@@ -1,0 +1,99 @@
+"""The public ops: argument checks, then the compiled kernel or the reference."""
+import math
+import numbers
+
+import torch
+
+from . import _ops, reference
+from .reference import STAIRCASE_RULES, STEP_RULES, STEP_VALUES
+
+BACKENDS = ("auto", "kernel", "reference")
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_choice(name, value, accepted):
+    if not isinstance(value, str) or value not in accepted:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, accepted))}; got {value!r}")
+    return value
+
+
+def check_bool(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False; got {value!r} ({type(value).__name__})")
+    return value
+
+
+def check_staircase_args(steps, lo, hi):
+    """Validates steps, lo, hi; returns (steps, float(lo), float(hi))."""
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+        raise TypeError(f"steps must be an integer >= 2; got {steps!r} ({type(steps).__name__})")
+    if steps < 2:
+        raise ValueError(f"steps must be an integer >= 2; got {steps}")
+    for name, value in (("lo", lo), ("hi", hi)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a finite real number; got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite real number; got {value!r}")
+    if not lo < hi:
+        raise ValueError(f"lo must be smaller than hi; got lo={lo!r}, hi={hi!r}")
+    return int(steps), float(lo), float(hi)
+
+
+def _check_input(z):
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(f"z must be a torch.Tensor; got {type(z).__name__}")
+    if z.dtype not in DTYPES:
+        raise TypeError(
+            f"z must be a floating-point tensor (float16, bfloat16, float32 or float64); "
+            f"got dtype {z.dtype}"
+        )
+
+
+def _use_kernel(z, backend):
+    check_choice("backend", backend, BACKENDS)
+    if backend == "reference":
+        return False
+    available = z.device.type in _ops.KERNEL_DEVICES
+    if backend == "kernel" and not available:
+        why = (
+            f"the compiled extension failed to load ({_ops.EXT_ERROR})"
+            if not _ops.LOADED
+            else f"kernels were built for: {', '.join(sorted(_ops.KERNEL_DEVICES)) or 'none'}"
+        )
+        raise ValueError(
+            f"backend='kernel' has no kernel for device '{z.device.type}': {why}; "
+            "use backend='auto' or 'reference'"
+        )
+    return available
+
+
+def step(z, rule="soft_hinge", values="pm1", grad_scale=True, backend="auto"):
+    """Hard-threshold step unit with an FTPROP surrogate backward.
+
+    Forward: +1 where z > 0 else -1 (values='pm1'; sign(0) = -1), or 1/0 (values='01').
+    Backward: the target t = -sign(grad) and the rule's layer-loss slope, weighted by |grad|
+    (grad_scale=True, FTPROP-MB) or normalised by the batch size (grad_scale=False).
+    rule is one of STEP_RULES; backend is 'auto', 'kernel' or 'reference'.
+    """
+    _check_input(z)
+    check_choice("rule", rule, STEP_RULES)
+    check_choice("values", values, STEP_VALUES)
+    check_bool("grad_scale", grad_scale)
+    if _use_kernel(z, backend):
+        return torch.ops.ftprop_cuda.step(z, rule, values == "01", grad_scale)
+    return reference.step(z, rule, values, grad_scale)
+
+
+def staircase(z, steps=3, lo=0.0, hi=1.0, rule="soft_hinge", grad_scale=True, backend="auto"):
+    """Staircase (quantized ReLU) unit with K = steps + 1 levels on [lo, hi].
+
+    Forward: y = lo + q (hi - lo), q = clamp(ceil(u (K - 1)), 0, K) / K, u = (z - lo) / (hi - lo).
+    Backward: the rule's surrogate (STAIRCASE_RULES), weighted or batch-normalised as for step.
+    """
+    _check_input(z)
+    steps, lo, hi = check_staircase_args(steps, lo, hi)
+    check_choice("rule", rule, STAIRCASE_RULES)
+    check_bool("grad_scale", grad_scale)
+    if _use_kernel(z, backend):
+        return torch.ops.ftprop_cuda.staircase(z, steps, lo, hi, rule, grad_scale)
+    return reference.staircase(z, steps, lo, hi, rule, grad_scale)
