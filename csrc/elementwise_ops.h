@@ -1,13 +1,20 @@
-// Host side of the four ops, shared by every device: argument checks, contiguity, empty-tensor
-// early return, dtype and rule dispatch. `Loops` supplies the device's elementwise loops
-// (cpu/loops.h, cuda/launch.cuh): map1(in, out, n, f) and map2(a, b, out, n, f), where f maps
-// op-math values.
+// Host side of the ops, shared by every device: argument checks, contiguity, empty-tensor early
+// return, dtype and rule dispatch. `Loops` supplies the device's memory and elementwise loops
+// (cpu/loops.h, cuda/launch.cuh), where f maps op-math values:
+//   empty(like)                                   an uninitialised output shaped like `like`
+//   map1(in, out, n, f), map2(a, b, out, n, f)    out[i] = f(in[i]) / f(a[i], b[i])
+//   encode<kBits>(in, out, code, n, f)            out[i] = f(in[i]), code |= f.encode(in[i])
+//   decode<kBits>(g, code, out, n, f)             out[i] = f(g[i], code of element i)
+// with kBits-bit codes packed into bytes, element i in bits (i % (8/kBits)) * kBits.
 #pragma once
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+
+#include <tuple>
+#include <type_traits>
 
 #include "ftprop.h"
 #include "op_args.h"
@@ -19,7 +26,7 @@ at::Tensor step_forward_impl(const at::Tensor& z, c10::string_view rule, bool ze
   check_float_tensor(z, "z");
   parse_step_rule(rule);  // validates; the forward itself is the same for every rule
   const at::Tensor zc = z.contiguous();
-  at::Tensor y = at::empty(zc.sizes(), zc.options());
+  at::Tensor y = Loops::empty(zc);
   if (zc.numel() == 0) {
     return y;
   }
@@ -39,7 +46,7 @@ at::Tensor step_backward_impl(const at::Tensor& grad, const at::Tensor& z, c10::
   const StepRule r = parse_step_rule(rule);
   const at::Tensor gc = grad.contiguous();
   const at::Tensor zc = z.contiguous();
-  at::Tensor dz = at::empty(zc.sizes(), zc.options());
+  at::Tensor dz = Loops::empty(zc);
   if (zc.numel() == 0) {
     return dz;
   }
@@ -63,7 +70,7 @@ at::Tensor staircase_forward_impl(const at::Tensor& z, int64_t steps, double lo,
   check_stair_args(steps, lo, hi);
   parse_stair_rule(rule);
   const at::Tensor zc = z.contiguous();
-  at::Tensor y = at::empty(zc.sizes(), zc.options());
+  at::Tensor y = Loops::empty(zc);
   if (zc.numel() == 0) {
     return y;
   }
@@ -84,7 +91,7 @@ at::Tensor staircase_backward_impl(const at::Tensor& grad, const at::Tensor& z, 
   const StairRule r = parse_stair_rule(rule);
   const at::Tensor gc = grad.contiguous();
   const at::Tensor zc = z.contiguous();
-  at::Tensor dz = at::empty(zc.sizes(), zc.options());
+  at::Tensor dz = Loops::empty(zc);
   if (zc.numel() == 0) {
     return dz;
   }
@@ -97,6 +104,172 @@ at::Tensor staircase_backward_impl(const at::Tensor& grad, const at::Tensor& z, 
           Loops::map2(gc.const_data_ptr<scalar_t>(), zc.const_data_ptr<scalar_t>(),
                       dz.mutable_data_ptr<scalar_t>(), zc.numel(),
                       StairBackwardOp<R, opmath_t>{grad_scale, p});
+        });
+      });
+  return dz;
+}
+
+// ---- Forward passes that save a code of z instead of z, and the backward passes reading it ----
+
+// Bytes of a code of n elements at `bits` per element.
+inline int64_t code_bytes(int64_t n, int bits) {
+  return bits <= 0 ? 0 : (n * bits + 7) / 8;
+}
+
+inline void check_code(const at::Tensor& code, int64_t n, int bits, const at::Tensor& grad) {
+  TORCH_CHECK_TYPE(code.scalar_type() == at::kByte, "ftprop_cuda: 'state' must be uint8, got ",
+                   code.scalar_type());
+  TORCH_CHECK_VALUE(code.dim() == 1 && code.numel() == code_bytes(n, bits),
+                    "ftprop_cuda: 'state' must hold ", code_bytes(n, bits), " bytes for ", n,
+                    " elements at ", bits, " bits each; got shape ", code.sizes());
+  TORCH_CHECK(code.device() == grad.device(), "ftprop_cuda: 'state' is on ", code.device(),
+              " but 'grad' is on ", grad.device());
+}
+
+// Calls f(std::integral_constant<int, B>{}) for B in {2, 4, 8} (the staircase count codes).
+template <typename F>
+inline void dispatch_count_bits(int bits, F&& f) {
+  switch (bits) {
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 8: return f(std::integral_constant<int, 8>{});
+  }
+  TORCH_CHECK(false, "ftprop_cuda: no count code of ", bits, " bits");
+}
+
+template <class Loops>
+std::tuple<at::Tensor, at::Tensor> step_saved_impl(const at::Tensor& z, c10::string_view rule,
+                                                   bool zero_one) {
+  check_float_tensor(z, "z");
+  const StepRule r = parse_step_rule(rule);
+  const at::Tensor zc = z.contiguous();
+  const int64_t n = zc.numel();
+  at::Tensor y = Loops::empty(zc);
+  at::Tensor code = at::empty({code_bytes(n, step_code_bits(r))}, zc.options().dtype(at::kByte));
+  if (n == 0) {
+    return {y, code};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, zc.scalar_type(), "_step_saved", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    dispatch_step_rule(r, [&](auto rule_c) {
+      constexpr StepRule R = decltype(rule_c)::value;
+      const auto scale = make_code_scale<opmath_t>(step_slope_max(R));
+      Loops::template encode<step_code_bits(R)>(
+          zc.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
+          code.mutable_data_ptr<uint8_t>(), n,
+          StepEncodeOp<R, opmath_t>{zero_one, scale.levels_per_unit});
+    });
+  });
+  return {y, code};
+}
+
+template <class Loops>
+at::Tensor step_backward_saved_impl(const at::Tensor& grad, const at::Tensor& code,
+                                    c10::string_view rule, bool zero_one, bool grad_scale) {
+  check_float_tensor(grad, "grad");
+  const StepRule r = parse_step_rule(rule);
+  const at::Tensor gc = grad.contiguous();
+  const int64_t n = gc.numel();
+  check_code(code, n, step_code_bits(r), grad);
+  at::Tensor dz = Loops::empty(gc);
+  if (n == 0) {
+    return dz;
+  }
+  const at::Tensor cc = code.contiguous();
+  const int64_t batch = batch_of(grad);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, gc.scalar_type(), "_step_backward_saved", [&] {
+        using opmath_t = at::opmath_type<scalar_t>;
+        dispatch_step_rule(r, [&](auto rule_c) {
+          constexpr StepRule R = decltype(rule_c)::value;
+          const auto scale = make_code_scale<opmath_t>(step_slope_max(R));
+          Loops::template decode<step_code_bits(R)>(
+              gc.const_data_ptr<scalar_t>(), cc.const_data_ptr<uint8_t>(),
+              dz.mutable_data_ptr<scalar_t>(), n,
+              StepDecodeOp<R, opmath_t>{grad_scale, static_cast<opmath_t>(batch),
+                                        scale.unit_per_level});
+        });
+      });
+  return dz;
+}
+
+// Staircase codes: bits fixed per rule except saturated_hinge, whose count needs more bits as K
+// grows (stair_code_bits); runs the two-level dispatch once for encode and decode alike.
+template <typename scalar_t, typename F>
+inline void dispatch_stair_code(StairRule r, int64_t steps, F&& f) {
+  dispatch_stair_rule(r, [&](auto rule_c) {
+    constexpr StairRule R = decltype(rule_c)::value;
+    if constexpr (R == StairRule::kSaturatedHinge) {
+      dispatch_count_bits(stair_code_bits(R, steps), [&](auto bits_c) { f(rule_c, bits_c); });
+    } else {
+      constexpr int kBits = R == StairRule::kSte ? 0 : R == StairRule::kSste ? 1 : 8;
+      f(rule_c, std::integral_constant<int, kBits>{});
+    }
+  });
+}
+
+template <class Loops>
+std::tuple<at::Tensor, at::Tensor> staircase_saved_impl(const at::Tensor& z, int64_t steps,
+                                                        double lo, double hi,
+                                                        c10::string_view rule) {
+  check_float_tensor(z, "z");
+  check_stair_args(steps, lo, hi);
+  const StairRule r = parse_stair_rule(rule);
+  const int bits = stair_code_bits(r, steps);
+  TORCH_CHECK_VALUE(bits >= 0, "ftprop_cuda staircase: no saved-state code for rule '", rule,
+                    "' with steps=", steps, "; save z instead");
+  const at::Tensor zc = z.contiguous();
+  const int64_t n = zc.numel();
+  at::Tensor y = Loops::empty(zc);
+  at::Tensor code = at::empty({code_bytes(n, bits)}, zc.options().dtype(at::kByte));
+  if (n == 0) {
+    return {y, code};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, zc.scalar_type(), "_staircase_saved", [&] {
+        using opmath_t = at::opmath_type<scalar_t>;
+        const Stair<opmath_t> p = make_stair<opmath_t>(steps, lo, hi, batch_of(z));
+        const auto scale = make_code_scale<opmath_t>(1.0);
+        dispatch_stair_code<scalar_t>(r, steps, [&](auto rule_c, auto bits_c) {
+          constexpr StairRule R = decltype(rule_c)::value;
+          Loops::template encode<decltype(bits_c)::value>(
+              zc.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
+              code.mutable_data_ptr<uint8_t>(), n,
+              StairEncodeOp<R, opmath_t>{p, scale.levels_per_unit});
+        });
+      });
+  return {y, code};
+}
+
+template <class Loops>
+at::Tensor staircase_backward_saved_impl(const at::Tensor& grad, const at::Tensor& code,
+                                         int64_t steps, double lo, double hi,
+                                         c10::string_view rule, bool grad_scale) {
+  check_float_tensor(grad, "grad");
+  check_stair_args(steps, lo, hi);
+  const StairRule r = parse_stair_rule(rule);
+  const int bits = stair_code_bits(r, steps);
+  TORCH_CHECK_VALUE(bits >= 0, "ftprop_cuda staircase: no saved-state code for rule '", rule,
+                    "' with steps=", steps);
+  const at::Tensor gc = grad.contiguous();
+  const int64_t n = gc.numel();
+  check_code(code, n, bits, grad);
+  at::Tensor dz = Loops::empty(gc);
+  if (n == 0) {
+    return dz;
+  }
+  const at::Tensor cc = code.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, gc.scalar_type(), "_staircase_backward_saved", [&] {
+        using opmath_t = at::opmath_type<scalar_t>;
+        const Stair<opmath_t> p = make_stair<opmath_t>(steps, lo, hi, batch_of(grad));
+        const auto scale = make_code_scale<opmath_t>(1.0);
+        dispatch_stair_code<scalar_t>(r, steps, [&](auto rule_c, auto bits_c) {
+          constexpr StairRule R = decltype(rule_c)::value;
+          Loops::template decode<decltype(bits_c)::value>(
+              gc.const_data_ptr<scalar_t>(), cc.const_data_ptr<uint8_t>(),
+              dz.mutable_data_ptr<scalar_t>(), n,
+              StairDecodeOp<R, opmath_t>{grad_scale, p, scale.unit_per_level});
         });
       });
   return dz;

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <c10/macros/Macros.h>
+#include <c10/util/bit_cast.h>
 
 #include <cmath>
 #include <cstdint>
@@ -40,12 +41,48 @@ constexpr bool is_estimator(StairRule r) {
   return r == StairRule::kSte || r == StairRule::kSste;
 }
 
+// Host float32 exp and tanh written with plain arithmetic so that the compiler vectorises the
+// CPU loops (a call to std::tanh keeps a loop scalar, about 8x slower). exp: Cody-Waite range
+// reduction and a degree-6 polynomial, within 2 ulp on [-87, 88]; 0 below, inf above, NaN kept.
+// Double precision and the GPU use the library functions.
+inline float host_exp(float x) {
+  const float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln 2)
+  float r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float poly = 1.9875691500e-4f;
+  poly = poly * r + 1.3981999507e-3f;
+  poly = poly * r + 8.3334519073e-3f;
+  poly = poly * r + 4.1665795894e-2f;
+  poly = poly * r + 1.6666665459e-1f;
+  poly = poly * r + 5.0000001201e-1f;
+  poly = poly * r * r + r + 1.0f;
+  const float scale = c10::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+  float result = poly * scale;
+  result = x < -87.0f ? 0.0f : result;
+  result = x > 88.0f ? INFINITY : result;
+  return x != x ? x : result;
+}
+
+// tanh(x) = sign(x) (1 - 2e / (1 + e)) with e = exp(-2|x|), accurate to about 1e-7 absolute
+// (what 1 - tanh(x)^2 needs; not relative accuracy near 0). Written as 1 - 2e/(1+e) rather than
+// (1 - e)/(1 + e) so that near saturation it rounds to 1 where a correctly rounded tanh does:
+// 1 - tanh(x)^2 then becomes 0 at the same |x| as in the reference (inf * 0 is NaN there).
+inline float host_tanh(float x) {
+  const float a = x < 0.0f ? -x : x;
+  const float e = host_exp(-2.0f * a);
+  const float th = 1.0f - 2.0f * e / (1.0f + e);
+  return x < 0.0f ? -th : th;
+}
+inline double host_tanh(double x) { return std::tanh(x); }
+inline double host_exp(double x) { return std::exp(x); }
+
 template <typename T>
 C10_HOST_DEVICE inline T tanh_(T x) {
 #if defined(__CUDA_ARCH__)
   return ::tanh(x);
 #else
-  return std::tanh(x);
+  return host_tanh(x);
 #endif
 }
 
@@ -54,7 +91,7 @@ C10_HOST_DEVICE inline T exp_(T x) {
 #if defined(__CUDA_ARCH__)
   return ::exp(x);
 #else
-  return std::exp(x);
+  return host_exp(x);
 #endif
 }
 
@@ -131,15 +168,97 @@ C10_HOST_DEVICE inline T step_slope(T z, T t, bool zero_one) {
   }
 }
 
-// dz for one element. batch is B (z.shape[0], or 1 for a 0-dim tensor).
+// dz from the target and the slope: g * s (weighted, and always for the estimators), or
+// -t * s / B (unweighted). batch is B (z.shape[0], or 1 for a 0-dim tensor).
 template <StepRule R, typename T>
-C10_HOST_DEVICE inline T step_backward(T g, T z, bool zero_one, bool grad_scale, T batch) {
-  const T t = target(g);
-  const T s = step_slope<R>(z, t, zero_one);
+C10_HOST_DEVICE inline T step_grad(T g, T t, T s, bool grad_scale, T batch) {
   if (is_estimator(R) || grad_scale) {
     return g * s;
   }
   return -t * s / batch;
+}
+
+template <StepRule R, typename T>
+C10_HOST_DEVICE inline T step_backward(T g, T z, bool zero_one, bool grad_scale, T batch) {
+  const T t = target(g);
+  return step_grad<R>(g, t, step_slope<R>(z, t, zero_one), grad_scale, batch);
+}
+
+// ---- Saved state: a code of z that is all the backward needs -------------------------------
+// Rules whose slope only depends on which interval z lies in get a lossless code of 0 (ste),
+// 1 (sste: in the window) or 2 bits (saturated_hinge, hinge, perceptron: bit 0 is the window
+// for t = -1, i.e. g > 0; bit 1 the window for t = +1). For t = 0 the slope does not matter: g
+// is then +-0 or NaN in the weighted mode, and -t * s is -0 for s = 0 and s = 1 alike.
+// The smooth rules (soft_hinge, sigmoid, lecun_tanh, ramp) get an 8-bit code of the slope on
+// request (save="compact"): s quantised to 254 levels on [0, s_max] (error <= s_max / 508),
+// with 255 for NaN.
+constexpr int step_code_bits(StepRule r) {
+  return r == StepRule::kSte ? 0
+       : r == StepRule::kSste ? 1
+       : (r == StepRule::kSaturatedHinge || r == StepRule::kHinge || r == StepRule::kPerceptron)
+           ? 2
+           : 8;
+}
+
+// Largest slope of each smooth rule (the top of its 8-bit code's range).
+constexpr double step_slope_max(StepRule r) {
+  return r == StepRule::kSigmoid ? 0.5 : r == StepRule::kLecunTanh ? 1.7519 * (2.0 / 3.0) : 1.0;
+}
+
+constexpr uint8_t kCompactNan = 255;
+constexpr double kCompactLevels = 254.0;
+
+template <typename T>
+C10_HOST_DEVICE inline uint8_t compact_encode(T s, T levels_per_unit) {
+  const T q = s * levels_per_unit + T(0.5);
+  return s != s ? kCompactNan : static_cast<uint8_t>(q > T(kCompactLevels) ? T(kCompactLevels) : q);
+}
+
+template <typename T>
+C10_HOST_DEVICE inline T compact_decode(uint8_t code, T unit_per_level) {
+  return code == kCompactNan ? T(NAN) : static_cast<T>(code) * unit_per_level;
+}
+
+template <StepRule R, typename T>
+C10_HOST_DEVICE inline uint8_t step_encode(T z, bool zero_one, T levels_per_unit) {
+  if constexpr (R == StepRule::kSte) {
+    return 0;
+  } else if constexpr (R == StepRule::kSste) {
+    return step_slope<R>(z, T(0), zero_one) != T(0) ? 1 : 0;
+  } else if constexpr (R == StepRule::kSaturatedHinge) {
+    return static_cast<uint8_t>((z >= T(-1) && z < T(1)) | ((z > T(-1) && z <= T(1)) << 1));
+  } else if constexpr (R == StepRule::kHinge) {
+    return static_cast<uint8_t>((z >= T(-1)) | ((z <= T(1)) << 1));
+  } else if constexpr (R == StepRule::kPerceptron) {
+    return static_cast<uint8_t>((z >= T(0)) | ((z <= T(0)) << 1));
+  } else {  // smooth: 8-bit slope
+    return compact_encode(step_slope<R>(z, T(0), zero_one), levels_per_unit);
+  }
+}
+
+template <StepRule R, typename T>
+C10_HOST_DEVICE inline T step_decode(uint8_t code, T t, T unit_per_level) {
+  if constexpr (R == StepRule::kSte) {
+    return T(1);
+  } else if constexpr (R == StepRule::kSste) {
+    return static_cast<T>(code);
+  } else if constexpr (step_code_bits(R) == 2) {
+    return t < T(0) ? static_cast<T>(code & 1) : (t > T(0) ? static_cast<T>(code >> 1) : T(1));
+  } else {
+    return compact_decode(code, unit_per_level);
+  }
+}
+
+// Per-rule constants of the codes, computed once per launch.
+template <typename T>
+struct CodeScale {
+  T levels_per_unit;  // encode: 254 / s_max
+  T unit_per_level;   // decode: s_max / 254
+};
+
+template <typename T>
+inline CodeScale<T> make_code_scale(double s_max) {
+  return {static_cast<T>(kCompactLevels / s_max), static_cast<T>(s_max / kCompactLevels)};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -179,27 +298,77 @@ C10_HOST_DEVICE inline T stair_count(T u, const Stair<T>& p) {
   return ceil_(clamp_nan(v + m, T(0), p.steps)) - ceil_(clamp_nan(v - m, T(0), p.steps));
 }
 
+// The per-element quantity each staircase rule's gradient needs: the window indicator (sste),
+// the slope 1 - tanh(2u - 1)^2 (soft_hinge) or the threshold count c(u) (saturated_hinge).
 template <StairRule R, typename T>
-C10_HOST_DEVICE inline T staircase_backward(T g, T z, bool grad_scale, const Stair<T>& p) {
+C10_HOST_DEVICE inline T stair_quantity(T z, const Stair<T>& p) {
+  const T u = stair_u(z, p);
+  if constexpr (R == StairRule::kSte) {
+    return T(1);
+  } else if constexpr (R == StairRule::kSste) {
+    return (u >= T(0) && u <= T(1)) ? T(1) : T(0);
+  } else if constexpr (R == StairRule::kSoftHinge) {
+    const T th = tanh_(T(2) * u - T(1));
+    return T(1) - th * th;
+  } else {
+    return stair_count(u, p);
+  }
+}
+
+template <StairRule R, typename T>
+C10_HOST_DEVICE inline T stair_grad(T g, T q, bool grad_scale, const Stair<T>& p) {
   if constexpr (R == StairRule::kSte) {
     return g;
   } else if constexpr (R == StairRule::kSste) {
-    const T u = stair_u(z, p);
-    return g * ((u >= T(0) && u <= T(1)) ? T(1) : T(0));
+    return g * q;
   } else if constexpr (R == StairRule::kSoftHinge) {
-    const T u = stair_u(z, p);
-    const T th = tanh_(T(2) * u - T(1));
-    const T s = T(1) - th * th;
-    if (grad_scale) {
-      return g * s;
-    }
-    return -target(g) * s / p.denom;
-  } else {  // kSaturatedHinge
-    const T c = stair_count(stair_u(z, p), p);
-    if (grad_scale) {
-      return g * c / p.steps;
-    }
-    return -target(g) * c / p.sh_denom;
+    return grad_scale ? g * q : -target(g) * q / p.denom;
+  } else {
+    return grad_scale ? g * q / p.steps : -target(g) * q / p.sh_denom;
+  }
+}
+
+template <StairRule R, typename T>
+C10_HOST_DEVICE inline T staircase_backward(T g, T z, bool grad_scale, const Stair<T>& p) {
+  return stair_grad<R>(g, stair_quantity<R>(z, p), grad_scale, p);
+}
+
+// Saved-state codes of the staircase: nothing for ste, 1 bit for sste, the count c(u) in 0..K
+// (K + 1 for NaN) for saturated_hinge, and the 8-bit slope code for soft_hinge (on request).
+// Returns -1 where no code applies (saturated_hinge with K > 254: z is saved instead).
+inline int stair_code_bits(StairRule r, int64_t steps) {
+  switch (r) {
+    case StairRule::kSte: return 0;
+    case StairRule::kSste: return 1;
+    case StairRule::kSoftHinge: return 8;
+    case StairRule::kSaturatedHinge:
+      return steps + 2 <= 4 ? 2 : steps + 2 <= 16 ? 4 : steps + 2 <= 256 ? 8 : -1;
+  }
+  return -1;
+}
+
+template <StairRule R, typename T>
+C10_HOST_DEVICE inline uint8_t stair_encode(T z, const Stair<T>& p, T levels_per_unit) {
+  if constexpr (R == StairRule::kSte) {
+    return 0;
+  } else if constexpr (R == StairRule::kSoftHinge) {
+    return compact_encode(stair_quantity<R>(z, p), levels_per_unit);
+  } else {
+    const T q = stair_quantity<R>(z, p);  // 0/1 or an integer count in [0, K]
+    return q != q ? static_cast<uint8_t>(p.steps + T(1)) : static_cast<uint8_t>(q);
+  }
+}
+
+template <StairRule R, typename T>
+C10_HOST_DEVICE inline T stair_decode(uint8_t code, const Stair<T>& p, T unit_per_level) {
+  if constexpr (R == StairRule::kSte) {
+    return T(1);
+  } else if constexpr (R == StairRule::kSoftHinge) {
+    return compact_decode(code, unit_per_level);
+  } else if constexpr (R == StairRule::kSste) {
+    return static_cast<T>(code);
+  } else {
+    return static_cast<T>(code) == p.steps + T(1) ? T(NAN) : static_cast<T>(code);
   }
 }
 
@@ -236,6 +405,52 @@ struct StairBackwardOp {
   bool grad_scale;
   Stair<T> p;
   C10_HOST_DEVICE T operator()(T g, T z) const { return staircase_backward<R>(g, z, grad_scale, p); }
+};
+
+// Forward that also writes the saved-state code, and the backward that reads it.
+template <StepRule R, typename T>
+struct StepEncodeOp {
+  bool zero_one;
+  T levels_per_unit;
+  C10_HOST_DEVICE T operator()(T z) const { return step_forward(z, zero_one); }
+  C10_HOST_DEVICE uint8_t encode(T z) const { return step_encode<R>(z, zero_one, levels_per_unit); }
+};
+
+template <StepRule R, typename T>
+struct StepDecodeOp {
+  bool grad_scale;
+  T batch;
+  T unit_per_level;
+  C10_HOST_DEVICE T operator()(T g, uint8_t code) const {
+    const T t = target(g);
+    return step_grad<R>(g, t, step_decode<R>(code, t, unit_per_level), grad_scale, batch);
+  }
+};
+
+template <StairRule R, typename T>
+struct StairEncodeOp {
+  Stair<T> p;
+  T levels_per_unit;
+  C10_HOST_DEVICE T operator()(T z) const { return staircase_forward(z, p); }
+  C10_HOST_DEVICE uint8_t encode(T z) const { return stair_encode<R>(z, p, levels_per_unit); }
+};
+
+template <StairRule R, typename T>
+struct StairDecodeOp {
+  bool grad_scale;
+  Stair<T> p;
+  T unit_per_level;
+  C10_HOST_DEVICE T operator()(T g, uint8_t code) const {
+    return stair_grad<R>(g, stair_decode<R>(code, p, unit_per_level), grad_scale, p);
+  }
+};
+
+// Adapts a decode functor to a rule without a code (ste): the backward is then a map over g.
+template <typename F>
+struct WithoutCode {
+  F f;
+  template <typename T>
+  C10_HOST_DEVICE T operator()(T g) const { return f(g, uint8_t(0)); }
 };
 
 }  // namespace ftprop

@@ -24,4 +24,17 @@ TORCH_LIBRARY(ftprop_cuda, m) {
   m.def(
       "_staircase_backward(Tensor grad, Tensor z, int steps, float lo, float hi, str rule, "
       "bool grad_scale) -> Tensor");
+  // Forward passes that also return a compact code of z (bit-packed where the rule's slope only
+  // depends on which interval z lies in, an 8-bit slope code for the smooth rules), so that the
+  // backward needs neither z nor y; and the backward passes that read the code.
+  m.def("_step_saved(Tensor z, str rule, bool zero_one, bool grad_scale) -> (Tensor, Tensor)");
+  m.def(
+      "_step_backward_saved(Tensor grad, Tensor state, str rule, bool zero_one, bool grad_scale) "
+      "-> Tensor");
+  m.def(
+      "_staircase_saved(Tensor z, int steps, float lo, float hi, str rule, bool grad_scale) -> "
+      "(Tensor, Tensor)");
+  m.def(
+      "_staircase_backward_saved(Tensor grad, Tensor state, int steps, float lo, float hi, "
+      "str rule, bool grad_scale) -> Tensor");
 }

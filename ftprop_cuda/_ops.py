@@ -45,6 +45,58 @@ def _empty_like_contiguous(z):
     return z.new_empty(z.shape)
 
 
+# What the forward saves for the backward (save="auto" | "z" | "compact"); the C++ side has the
+# same tables (csrc/ftprop.h: step_code_bits, stair_code_bits).
+SAVE_MODES = ("auto", "z", "compact")
+_SMOOTH_STEP_RULES = frozenset({"soft_hinge", "sigmoid", "lecun_tanh", "ramp"})
+_SMOOTH_STAIRCASE_RULES = frozenset({"soft_hinge"})
+
+
+def step_code_bits(rule):
+    """Bits per element of the step unit's saved-state code."""
+    if rule == "ste":
+        return 0
+    if rule == "sste":
+        return 1
+    if rule in ("saturated_hinge", "hinge", "perceptron"):
+        return 2
+    return 8  # smooth rules: the 8-bit slope code of save="compact"
+
+
+def staircase_code_bits(rule, steps):
+    """Bits per element of the staircase's saved-state code, or None where z must be saved."""
+    if rule == "ste":
+        return 0
+    if rule == "sste":
+        return 1
+    if rule == "soft_hinge":
+        return 8
+    # saturated_hinge: the count c(u) in 0..K, and one more value for NaN
+    for bits in (2, 4, 8):
+        if steps + 2 <= 1 << bits:
+            return bits
+    return None
+
+
+def saves_code(smooth, bits, save):
+    """Whether the forward saves a code (True) or z itself (False)."""
+    if save == "z" or bits is None:
+        return False
+    return save == "compact" or not smooth
+
+
+def step_saves_code(rule, save):
+    return saves_code(rule in _SMOOTH_STEP_RULES, step_code_bits(rule), save)
+
+
+def staircase_saves_code(rule, steps, save):
+    return saves_code(rule in _SMOOTH_STAIRCASE_RULES, staircase_code_bits(rule, steps), save)
+
+
+def _code_like(z, bits):
+    return z.new_empty(((z.numel() * bits + 7) // 8,), dtype=torch.uint8)
+
+
 if LOADED:
 
     @torch.library.register_fake("ftprop_cuda::step")
@@ -65,7 +117,25 @@ if LOADED:
         torch._check(grad.shape == z.shape, lambda: "grad and z must have the same shape")
         return _empty_like_contiguous(z)
 
-    # The forward keeps only z for the backward (not the output as well).
+    @torch.library.register_fake("ftprop_cuda::_step_saved")
+    def _step_saved_fake(z, rule, zero_one, grad_scale):
+        return _empty_like_contiguous(z), _code_like(z, step_code_bits(rule))
+
+    @torch.library.register_fake("ftprop_cuda::_staircase_saved")
+    def _staircase_saved_fake(z, steps, lo, hi, rule, grad_scale):
+        bits = staircase_code_bits(rule, steps)
+        torch._check(bits is not None, lambda: f"no saved-state code for {rule} with {steps} steps")
+        return _empty_like_contiguous(z), _code_like(z, bits)
+
+    @torch.library.register_fake("ftprop_cuda::_step_backward_saved")
+    def _step_backward_saved_fake(grad, state, rule, zero_one, grad_scale):
+        return _empty_like_contiguous(grad)
+
+    @torch.library.register_fake("ftprop_cuda::_staircase_backward_saved")
+    def _staircase_backward_saved_fake(grad, state, steps, lo, hi, rule, grad_scale):
+        return _empty_like_contiguous(grad)
+
+    # The forward keeps only z for the backward (not the output as well), or only a code of z.
     def _step_setup_context(ctx, inputs, output):
         z, ctx.rule, ctx.zero_one, ctx.grad_scale = inputs
         ctx.save_for_backward(z)
@@ -86,8 +156,42 @@ if LOADED:
         )
         return dz, None, None, None, None, None
 
+    def _step_saved_setup_context(ctx, inputs, output):
+        _, ctx.rule, ctx.zero_one, ctx.grad_scale = inputs
+        ctx.save_for_backward(output[1])
+
+    def _step_saved_backward(ctx, grad, _grad_state):
+        if step_code_bits(ctx.rule) == 0:  # ste: dz = g
+            return grad, None, None, None
+        (state,) = ctx.saved_tensors
+        dz = torch.ops.ftprop_cuda._step_backward_saved(
+            grad, state, ctx.rule, ctx.zero_one, ctx.grad_scale
+        )
+        return dz, None, None, None
+
+    def _staircase_saved_setup_context(ctx, inputs, output):
+        _, ctx.steps, ctx.lo, ctx.hi, ctx.rule, ctx.grad_scale = inputs
+        ctx.save_for_backward(output[1])
+
+    def _staircase_saved_backward(ctx, grad, _grad_state):
+        if ctx.rule == "ste":
+            return grad, None, None, None, None, None
+        (state,) = ctx.saved_tensors
+        dz = torch.ops.ftprop_cuda._staircase_backward_saved(
+            grad, state, ctx.steps, ctx.lo, ctx.hi, ctx.rule, ctx.grad_scale
+        )
+        return dz, None, None, None, None, None
+
     torch.library.register_autograd(
         "ftprop_cuda::step", _step_backward, setup_context=_step_setup_context
+    )
+    torch.library.register_autograd(
+        "ftprop_cuda::_step_saved", _step_saved_backward, setup_context=_step_saved_setup_context
+    )
+    torch.library.register_autograd(
+        "ftprop_cuda::_staircase_saved",
+        _staircase_saved_backward,
+        setup_context=_staircase_saved_setup_context,
     )
     torch.library.register_autograd(
         "ftprop_cuda::staircase", _staircase_backward, setup_context=_staircase_setup_context

@@ -8,6 +8,7 @@ from . import _ops, reference
 from .reference import STAIRCASE_RULES, STEP_RULES, STEP_VALUES
 
 BACKENDS = ("auto", "kernel", "reference")
+SAVE_MODES = _ops.SAVE_MODES
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -67,33 +68,52 @@ def _use_kernel(z, backend):
     return available
 
 
-def step(z, rule="soft_hinge", values="pm1", grad_scale=True, backend="auto"):
+def _needs_grad(z):
+    return z.requires_grad and torch.is_grad_enabled()
+
+
+def step(z, rule="soft_hinge", values="pm1", grad_scale=True, backend="auto", save="auto"):
     """Hard-threshold step unit with an FTPROP surrogate backward.
 
     Forward: +1 where z > 0 else -1 (values='pm1'; sign(0) = -1), or 1/0 (values='01').
     Backward: the target t = -sign(grad) and the rule's layer-loss slope, weighted by |grad|
     (grad_scale=True, FTPROP-MB) or normalised by the batch size (grad_scale=False).
     rule is one of STEP_RULES; backend is 'auto', 'kernel' or 'reference'.
+    save (kernel backend) chooses what the forward keeps for the backward: 'auto' keeps a
+    lossless bit-packed code of z for the rules whose slope only depends on an interval of z
+    (ste: nothing, sste: 1 bit, saturated_hinge/hinge/perceptron: 2 bits) and z itself for the
+    smooth rules; 'z' always keeps z; 'compact' also keeps an 8-bit code of the smooth rules'
+    slope (absolute slope error at most s_max / 508, s_max the rule's largest slope).
     """
     _check_input(z)
     check_choice("rule", rule, STEP_RULES)
     check_choice("values", values, STEP_VALUES)
     check_bool("grad_scale", grad_scale)
+    check_choice("save", save, SAVE_MODES)
     if _use_kernel(z, backend):
-        return torch.ops.ftprop_cuda.step(z, rule, values == "01", grad_scale)
+        zero_one = values == "01"
+        if _needs_grad(z) and _ops.step_saves_code(rule, save):
+            return torch.ops.ftprop_cuda._step_saved(z, rule, zero_one, grad_scale)[0]
+        return torch.ops.ftprop_cuda.step(z, rule, zero_one, grad_scale)
     return reference.step(z, rule, values, grad_scale)
 
 
-def staircase(z, steps=3, lo=0.0, hi=1.0, rule="soft_hinge", grad_scale=True, backend="auto"):
+def staircase(z, steps=3, lo=0.0, hi=1.0, rule="soft_hinge", grad_scale=True, backend="auto",
+              save="auto"):
     """Staircase (quantized ReLU) unit with K = steps + 1 levels on [lo, hi].
 
     Forward: y = lo + q (hi - lo), q = clamp(ceil(u (K - 1)), 0, K) / K, u = (z - lo) / (hi - lo).
     Backward: the rule's surrogate (STAIRCASE_RULES), weighted or batch-normalised as for step.
+    save: as for step (sste: 1 bit; saturated_hinge: the threshold count in 2, 4 or 8 bits;
+    soft_hinge: z, or its 8-bit slope code with save='compact').
     """
     _check_input(z)
     steps, lo, hi = check_staircase_args(steps, lo, hi)
     check_choice("rule", rule, STAIRCASE_RULES)
     check_bool("grad_scale", grad_scale)
+    check_choice("save", save, SAVE_MODES)
     if _use_kernel(z, backend):
+        if _needs_grad(z) and _ops.staircase_saves_code(rule, steps, save):
+            return torch.ops.ftprop_cuda._staircase_saved(z, steps, lo, hi, rule, grad_scale)[0]
         return torch.ops.ftprop_cuda.staircase(z, steps, lo, hi, rule, grad_scale)
     return reference.staircase(z, steps, lo, hi, rule, grad_scale)

@@ -8,20 +8,22 @@ from .reference import STAIRCASE_RULES, STEP_RULES, STEP_VALUES
 class Step(torch.nn.Module):
     """Step unit: sign (values='pm1') or Heaviside (values='01') forward, FTPROP backward."""
 
-    def __init__(self, rule="soft_hinge", values="pm1", grad_scale=True, backend="auto"):
+    def __init__(self, rule="soft_hinge", values="pm1", grad_scale=True, backend="auto",
+                 save="auto"):
         super().__init__()
         self.rule = F.check_choice("rule", rule, STEP_RULES)
         self.values = F.check_choice("values", values, STEP_VALUES)
         self.grad_scale = F.check_bool("grad_scale", grad_scale)
         self.backend = F.check_choice("backend", backend, F.BACKENDS)
+        self.save = F.check_choice("save", save, F.SAVE_MODES)
 
     def forward(self, z):
-        return F.step(z, self.rule, self.values, self.grad_scale, self.backend)
+        return F.step(z, self.rule, self.values, self.grad_scale, self.backend, self.save)
 
     def extra_repr(self):
         return (
             f"rule={self.rule!r}, values={self.values!r}, grad_scale={self.grad_scale}, "
-            f"backend={self.backend!r}"
+            f"backend={self.backend!r}, save={self.save!r}"
         )
 
 
@@ -29,19 +31,20 @@ class Staircase(torch.nn.Module):
     """Staircase (quantized ReLU) unit with steps + 1 levels on [lo, hi], FTPROP backward."""
 
     def __init__(self, steps=3, lo=0.0, hi=1.0, rule="soft_hinge", grad_scale=True,
-                 backend="auto"):
+                 backend="auto", save="auto"):
         super().__init__()
         self.steps, self.lo, self.hi = F.check_staircase_args(steps, lo, hi)
         self.rule = F.check_choice("rule", rule, STAIRCASE_RULES)
         self.grad_scale = F.check_bool("grad_scale", grad_scale)
         self.backend = F.check_choice("backend", backend, F.BACKENDS)
+        self.save = F.check_choice("save", save, F.SAVE_MODES)
 
     def forward(self, z):
         return F.staircase(z, self.steps, self.lo, self.hi, self.rule, self.grad_scale,
-                           self.backend)
+                           self.backend, self.save)
 
     def extra_repr(self):
         return (
             f"steps={self.steps}, lo={self.lo}, hi={self.hi}, rule={self.rule!r}, "
-            f"grad_scale={self.grad_scale}, backend={self.backend!r}"
+            f"grad_scale={self.grad_scale}, backend={self.backend!r}, save={self.save!r}"
         )

@@ -33,16 +33,16 @@ def _make(shape, layout, dtype, device, scale=2.0, seed=0):
     raise ValueError(layout)
 
 
-def _step_kernel_grad(z, g, rule, values, grad_scale):
+def _step_kernel_grad(z, g, rule, values, grad_scale, save="auto"):
     z = z.detach().requires_grad_(True)
-    y = ftprop_cuda.step(z, rule, values, grad_scale, backend="kernel")
+    y = ftprop_cuda.step(z, rule, values, grad_scale, backend="kernel", save=save)
     (dz,) = torch.autograd.grad(y, z, g)
     return y.detach(), dz
 
 
-def _stair_kernel_grad(z, g, steps, lo, hi, rule, grad_scale):
+def _stair_kernel_grad(z, g, steps, lo, hi, rule, grad_scale, save="auto"):
     z = z.detach().requires_grad_(True)
-    y = ftprop_cuda.staircase(z, steps, lo, hi, rule, grad_scale, backend="kernel")
+    y = ftprop_cuda.staircase(z, steps, lo, hi, rule, grad_scale, backend="kernel", save=save)
     (dz,) = torch.autograd.grad(y, z, g)
     return y.detach(), dz
 
@@ -55,14 +55,15 @@ def _stair_kernel_grad(z, g, steps, lo, hi, rule, grad_scale):
 @pytest.mark.parametrize("grad_scale", [True, False])
 @pytest.mark.parametrize("values", ["pm1", "01"])
 @pytest.mark.parametrize("rule", ref.STEP_RULES)
-def test_step_boundaries(rule, values, grad_scale, dtype, device):
+@pytest.mark.parametrize("save", ["auto", "z"])  # auto: a bit-packed code for interval rules
+def test_step_boundaries(save, rule, values, grad_scale, dtype, device):
     z, g = grid(Z_STEP, G_BOUNDARY, dtype, device)
-    y, dz = _step_kernel_grad(z, g, rule, values, grad_scale)
+    y, dz = _step_kernel_grad(z, g, rule, values, grad_scale, save)
     assert_same_bits(y, ref.step_forward(z, values))
     assert_backward_close(dz, ref.step_backward(g, z, rule, values, grad_scale))
     # A 2-D batch so that B = z.shape[0] != numel in the unweighted mode.
     z2, g2 = z.reshape(len(Z_STEP), -1), g.reshape(len(Z_STEP), -1)
-    _, dz2 = _step_kernel_grad(z2, g2, rule, values, grad_scale)
+    _, dz2 = _step_kernel_grad(z2, g2, rule, values, grad_scale, save)
     assert_backward_close(dz2, ref.step_backward(g2, z2, rule, values, grad_scale))
 
 
@@ -71,11 +72,12 @@ def test_step_boundaries(rule, values, grad_scale, dtype, device):
 @pytest.mark.parametrize("grad_scale", [True, False])
 @pytest.mark.parametrize("values", ["pm1", "01"])
 @pytest.mark.parametrize("rule", ref.STEP_RULES)
-def test_step_random(rule, values, grad_scale, dtype, device):
+@pytest.mark.parametrize("save", ["auto", "z"])
+def test_step_random(save, rule, values, grad_scale, dtype, device):
     for seed, shape in enumerate(SHAPES):
         z = _make(shape, "contiguous", dtype, device, seed=seed)
         g = _make(shape, "contiguous", dtype, device, scale=1.0, seed=seed + 100)
-        y, dz = _step_kernel_grad(z, g, rule, values, grad_scale)
+        y, dz = _step_kernel_grad(z, g, rule, values, grad_scale, save)
         assert_same_bits(y, ref.step_forward(z, values))
         assert_backward_close(dz, ref.step_backward(g, z, rule, values, grad_scale))
 
@@ -105,13 +107,14 @@ def test_step_non_contiguous(rule, layout, dtype, device):
 @pytest.mark.parametrize("grad_scale", [True, False])
 @pytest.mark.parametrize("rule", ref.STAIRCASE_RULES)
 @pytest.mark.parametrize("steps,lo,hi", STAIR_CONFIGS)
-def test_staircase_boundaries(steps, lo, hi, rule, grad_scale, dtype, device):
+@pytest.mark.parametrize("save", ["auto", "z"])
+def test_staircase_boundaries(save, steps, lo, hi, rule, grad_scale, dtype, device):
     z, g = grid(staircase_boundary(steps, lo, hi), G_BOUNDARY, dtype, device)
-    y, dz = _stair_kernel_grad(z, g, steps, lo, hi, rule, grad_scale)
+    y, dz = _stair_kernel_grad(z, g, steps, lo, hi, rule, grad_scale, save)
     assert_same_bits(y, ref.staircase_forward(z, steps, lo, hi))
     assert_backward_close(dz, ref.staircase_backward(g, z, steps, lo, hi, rule, grad_scale))
     z2, g2 = z.reshape(-1, len(G_BOUNDARY)), g.reshape(-1, len(G_BOUNDARY))
-    _, dz2 = _stair_kernel_grad(z2, g2, steps, lo, hi, rule, grad_scale)
+    _, dz2 = _stair_kernel_grad(z2, g2, steps, lo, hi, rule, grad_scale, save)
     assert_backward_close(dz2, ref.staircase_backward(g2, z2, steps, lo, hi, rule, grad_scale))
 
 
@@ -119,12 +122,14 @@ def test_staircase_boundaries(steps, lo, hi, rule, grad_scale, dtype, device):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("grad_scale", [True, False])
 @pytest.mark.parametrize("rule", ref.STAIRCASE_RULES)
-def test_staircase_random(rule, grad_scale, dtype, device):
+@pytest.mark.parametrize("save", ["auto", "z"])
+def test_staircase_random(save, rule, grad_scale, dtype, device):
+    configs = STAIR_CONFIGS + [(300, 0.0, 1.0)]  # K > 254: no count code, z is saved
     for seed, shape in enumerate(SHAPES):
-        steps, lo, hi = STAIR_CONFIGS[seed % len(STAIR_CONFIGS)]
+        steps, lo, hi = configs[seed % len(configs)]
         z = _make(shape, "contiguous", dtype, device, scale=hi - lo, seed=seed) + (lo + hi) / 2
         g = _make(shape, "contiguous", dtype, device, scale=1.0, seed=seed + 100)
-        y, dz = _stair_kernel_grad(z, g, steps, lo, hi, rule, grad_scale)
+        y, dz = _stair_kernel_grad(z, g, steps, lo, hi, rule, grad_scale, save)
         assert_same_bits(y, ref.staircase_forward(z, steps, lo, hi))
         assert_backward_close(dz, ref.staircase_backward(g, z, steps, lo, hi, rule, grad_scale))
 

@@ -17,11 +17,23 @@ at::Tensor step_backward_cpu(const at::Tensor& grad, const at::Tensor& z, c10::s
   return step_backward_impl<Loops>(grad, z, rule, zero_one, grad_scale);
 }
 
+std::tuple<at::Tensor, at::Tensor> step_saved_cpu(const at::Tensor& z, c10::string_view rule,
+                                                  bool zero_one, bool grad_scale) {
+  return step_saved_impl<Loops>(z, rule, zero_one);
+}
+
+at::Tensor step_backward_saved_cpu(const at::Tensor& grad, const at::Tensor& state,
+                                   c10::string_view rule, bool zero_one, bool grad_scale) {
+  return step_backward_saved_impl<Loops>(grad, state, rule, zero_one, grad_scale);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ftprop_cuda, CPU, m) {
   m.impl("step", &step_cpu);
   m.impl("_step_backward", &step_backward_cpu);
+  m.impl("_step_saved", &step_saved_cpu);
+  m.impl("_step_backward_saved", &step_backward_saved_cpu);
 }
 
 }  // namespace cpu
