@@ -55,9 +55,13 @@ at::Tensor step_backward_impl(const at::Tensor& grad, const at::Tensor& z, c10::
     using opmath_t = at::opmath_type<scalar_t>;
     dispatch_step_rule(r, [&](auto rule_c) {
       constexpr StepRule R = decltype(rule_c)::value;
-      Loops::map2(gc.const_data_ptr<scalar_t>(), zc.const_data_ptr<scalar_t>(),
-                  dz.mutable_data_ptr<scalar_t>(), zc.numel(),
-                  StepBackwardOp<R, opmath_t>{zero_one, grad_scale, static_cast<opmath_t>(batch)});
+      // the estimators ignore the mode: one instantiation for them
+      dispatch_bool(grad_scale || is_estimator(R), [&](auto weighted_c) {
+        Loops::map2(gc.const_data_ptr<scalar_t>(), zc.const_data_ptr<scalar_t>(),
+                    dz.mutable_data_ptr<scalar_t>(), zc.numel(),
+                    StepBackwardOp<R, decltype(weighted_c)::value, opmath_t>{
+                        zero_one, static_cast<opmath_t>(batch)});
+      });
     });
   });
   return dz;
@@ -101,9 +105,11 @@ at::Tensor staircase_backward_impl(const at::Tensor& grad, const at::Tensor& z, 
         const Stair<opmath_t> p = make_stair<opmath_t>(steps, lo, hi, batch_of(z));
         dispatch_stair_rule(r, [&](auto rule_c) {
           constexpr StairRule R = decltype(rule_c)::value;
-          Loops::map2(gc.const_data_ptr<scalar_t>(), zc.const_data_ptr<scalar_t>(),
-                      dz.mutable_data_ptr<scalar_t>(), zc.numel(),
-                      StairBackwardOp<R, opmath_t>{grad_scale, p});
+          dispatch_bool(grad_scale || is_estimator(R), [&](auto weighted_c) {
+            Loops::map2(gc.const_data_ptr<scalar_t>(), zc.const_data_ptr<scalar_t>(),
+                        dz.mutable_data_ptr<scalar_t>(), zc.numel(),
+                        StairBackwardOp<R, decltype(weighted_c)::value, opmath_t>{p});
+          });
         });
       });
   return dz;
@@ -183,11 +189,13 @@ at::Tensor step_backward_saved_impl(const at::Tensor& grad, const at::Tensor& co
         dispatch_step_rule(r, [&](auto rule_c) {
           constexpr StepRule R = decltype(rule_c)::value;
           const auto scale = make_code_scale<opmath_t>(step_slope_max(R));
-          Loops::template decode<step_code_bits(R)>(
-              gc.const_data_ptr<scalar_t>(), cc.const_data_ptr<uint8_t>(),
-              dz.mutable_data_ptr<scalar_t>(), n,
-              StepDecodeOp<R, opmath_t>{grad_scale, static_cast<opmath_t>(batch),
-                                        scale.unit_per_level});
+          dispatch_bool(grad_scale || is_estimator(R), [&](auto weighted_c) {
+            Loops::template decode<step_code_bits(R)>(
+                gc.const_data_ptr<scalar_t>(), cc.const_data_ptr<uint8_t>(),
+                dz.mutable_data_ptr<scalar_t>(), n,
+                StepDecodeOp<R, decltype(weighted_c)::value, opmath_t>{
+                    static_cast<opmath_t>(batch), scale.unit_per_level});
+          });
         });
       });
   return dz;
@@ -266,10 +274,12 @@ at::Tensor staircase_backward_saved_impl(const at::Tensor& grad, const at::Tenso
         const auto scale = make_code_scale<opmath_t>(1.0);
         dispatch_stair_code<scalar_t>(r, steps, [&](auto rule_c, auto bits_c) {
           constexpr StairRule R = decltype(rule_c)::value;
-          Loops::template decode<decltype(bits_c)::value>(
-              gc.const_data_ptr<scalar_t>(), cc.const_data_ptr<uint8_t>(),
-              dz.mutable_data_ptr<scalar_t>(), n,
-              StairDecodeOp<R, opmath_t>{grad_scale, p, scale.unit_per_level});
+          dispatch_bool(grad_scale || is_estimator(R), [&](auto weighted_c) {
+            Loops::template decode<decltype(bits_c)::value>(
+                gc.const_data_ptr<scalar_t>(), cc.const_data_ptr<uint8_t>(),
+                dz.mutable_data_ptr<scalar_t>(), n,
+                StairDecodeOp<R, decltype(weighted_c)::value, opmath_t>{p, scale.unit_per_level});
+          });
         });
       });
   return dz;

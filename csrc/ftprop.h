@@ -123,10 +123,9 @@ C10_HOST_DEVICE inline T target(T g) {
 // y = +1 if z > 0 else -1 (sign(0) = -1), or 1/0 with zero_one. NaN stays NaN.
 template <typename T>
 C10_HOST_DEVICE inline T step_forward(T z, bool zero_one) {
-  if (z != z) {
-    return z;
-  }
-  return z > T(0) ? T(1) : (zero_one ? T(0) : T(-1));
+  const T low = zero_one ? T(0) : T(-1);
+  const T y = z > T(0) ? T(1) : low;
+  return z != z ? z : y;  // selects, not branches, so that CPU loops vectorise
 }
 
 // Slope s(z, t) of SPEC's step-unit table; the weighted gradient is g * s.
@@ -135,8 +134,8 @@ C10_HOST_DEVICE inline T step_slope(T z, T t, bool zero_one) {
   if constexpr (R == StepRule::kSte) {
     return T(1);
   } else if constexpr (R == StepRule::kSste) {
-    const bool in = zero_one ? (z >= T(0) && z <= T(1)) : (z >= T(-1) && z <= T(1));
-    return in ? T(1) : T(0);
+    const T lower = zero_one ? T(0) : T(-1);
+    return ((z >= lower) & (z <= T(1))) ? T(1) : T(0);
   } else if constexpr (R == StepRule::kRamp) {
     if (zero_one) {
       if (z >= T(0) && z <= T(1)) return T(1);
@@ -169,19 +168,21 @@ C10_HOST_DEVICE inline T step_slope(T z, T t, bool zero_one) {
 }
 
 // dz from the target and the slope: g * s (weighted, and always for the estimators), or
-// -t * s / B (unweighted). batch is B (z.shape[0], or 1 for a 0-dim tensor).
-template <StepRule R, typename T>
-C10_HOST_DEVICE inline T step_grad(T g, T t, T s, bool grad_scale, T batch) {
-  if (is_estimator(R) || grad_scale) {
+// -t * s / B (unweighted). batch is B (z.shape[0], or 1 for a 0-dim tensor). The mode is a
+// template parameter: a select on a runtime bool keeps GCC from vectorising the CPU loops.
+template <StepRule R, bool kWeighted, typename T>
+C10_HOST_DEVICE inline T step_grad(T g, T t, T s, T batch) {
+  if constexpr (is_estimator(R) || kWeighted) {
     return g * s;
+  } else {
+    return -t * s / batch;
   }
-  return -t * s / batch;
 }
 
-template <StepRule R, typename T>
-C10_HOST_DEVICE inline T step_backward(T g, T z, bool zero_one, bool grad_scale, T batch) {
+template <StepRule R, bool kWeighted, typename T>
+C10_HOST_DEVICE inline T step_backward(T g, T z, bool zero_one, T batch) {
   const T t = target(g);
-  return step_grad<R>(g, t, step_slope<R>(z, t, zero_one), grad_scale, batch);
+  return step_grad<R, kWeighted>(g, t, step_slope<R>(z, t, zero_one), batch);
 }
 
 // ---- Saved state: a code of z that is all the backward needs -------------------------------
@@ -315,22 +316,28 @@ C10_HOST_DEVICE inline T stair_quantity(T z, const Stair<T>& p) {
   }
 }
 
-template <StairRule R, typename T>
-C10_HOST_DEVICE inline T stair_grad(T g, T q, bool grad_scale, const Stair<T>& p) {
+template <StairRule R, bool kWeighted, typename T>
+C10_HOST_DEVICE inline T stair_grad(T g, T q, const Stair<T>& p) {
   if constexpr (R == StairRule::kSte) {
     return g;
   } else if constexpr (R == StairRule::kSste) {
     return g * q;
   } else if constexpr (R == StairRule::kSoftHinge) {
-    return grad_scale ? g * q : -target(g) * q / p.denom;
+    if constexpr (kWeighted) {
+      return g * q;
+    } else {
+      return -target(g) * q / p.denom;
+    }
+  } else if constexpr (kWeighted) {
+    return g * q / p.steps;
   } else {
-    return grad_scale ? g * q / p.steps : -target(g) * q / p.sh_denom;
+    return -target(g) * q / p.sh_denom;
   }
 }
 
-template <StairRule R, typename T>
-C10_HOST_DEVICE inline T staircase_backward(T g, T z, bool grad_scale, const Stair<T>& p) {
-  return stair_grad<R>(g, stair_quantity<R>(z, p), grad_scale, p);
+template <StairRule R, bool kWeighted, typename T>
+C10_HOST_DEVICE inline T staircase_backward(T g, T z, const Stair<T>& p) {
+  return stair_grad<R, kWeighted>(g, stair_quantity<R>(z, p), p);
 }
 
 // Saved-state codes of the staircase: nothing for ste, 1 bit for sste, the count c(u) in 0..K
@@ -384,13 +391,12 @@ struct StepForwardOp {
   C10_HOST_DEVICE T operator()(T z) const { return step_forward(z, zero_one); }
 };
 
-template <StepRule R, typename T>
+template <StepRule R, bool kWeighted, typename T>
 struct StepBackwardOp {
   bool zero_one;
-  bool grad_scale;
   T batch;
   C10_HOST_DEVICE T operator()(T g, T z) const {
-    return step_backward<R>(g, z, zero_one, grad_scale, batch);
+    return step_backward<R, kWeighted>(g, z, zero_one, batch);
   }
 };
 
@@ -400,11 +406,10 @@ struct StairForwardOp {
   C10_HOST_DEVICE T operator()(T z) const { return staircase_forward(z, p); }
 };
 
-template <StairRule R, typename T>
+template <StairRule R, bool kWeighted, typename T>
 struct StairBackwardOp {
-  bool grad_scale;
   Stair<T> p;
-  C10_HOST_DEVICE T operator()(T g, T z) const { return staircase_backward<R>(g, z, grad_scale, p); }
+  C10_HOST_DEVICE T operator()(T g, T z) const { return staircase_backward<R, kWeighted>(g, z, p); }
 };
 
 // Forward that also writes the saved-state code, and the backward that reads it.
@@ -416,14 +421,13 @@ struct StepEncodeOp {
   C10_HOST_DEVICE uint8_t encode(T z) const { return step_encode<R>(z, zero_one, levels_per_unit); }
 };
 
-template <StepRule R, typename T>
+template <StepRule R, bool kWeighted, typename T>
 struct StepDecodeOp {
-  bool grad_scale;
   T batch;
   T unit_per_level;
   C10_HOST_DEVICE T operator()(T g, uint8_t code) const {
     const T t = target(g);
-    return step_grad<R>(g, t, step_decode<R>(code, t, unit_per_level), grad_scale, batch);
+    return step_grad<R, kWeighted>(g, t, step_decode<R>(code, t, unit_per_level), batch);
   }
 };
 
@@ -435,13 +439,12 @@ struct StairEncodeOp {
   C10_HOST_DEVICE uint8_t encode(T z) const { return stair_encode<R>(z, p, levels_per_unit); }
 };
 
-template <StairRule R, typename T>
+template <StairRule R, bool kWeighted, typename T>
 struct StairDecodeOp {
-  bool grad_scale;
   Stair<T> p;
   T unit_per_level;
   C10_HOST_DEVICE T operator()(T g, uint8_t code) const {
-    return stair_grad<R>(g, stair_decode<R>(code, p, unit_per_level), grad_scale, p);
+    return stair_grad<R, kWeighted>(g, stair_decode<R>(code, p, unit_per_level), p);
   }
 };
 

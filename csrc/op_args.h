@@ -7,6 +7,7 @@
 #include <c10/util/string_view.h>
 
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "ftprop.h"
@@ -96,6 +97,16 @@ inline void dispatch_step_rule(StepRule r, F&& f) {
     case StepRule::kPerceptron: return f(std::integral_constant<StepRule, StepRule::kPerceptron>{});
     case StepRule::kSigmoid: return f(std::integral_constant<StepRule, StepRule::kSigmoid>{});
     case StepRule::kLecunTanh: return f(std::integral_constant<StepRule, StepRule::kLecunTanh>{});
+  }
+}
+
+// Calls f(std::integral_constant<bool, b>{}) for the runtime flag (the gradient mode).
+template <typename F>
+inline void dispatch_bool(bool b, F&& f) {
+  if (b) {
+    f(std::integral_constant<bool, true>{});
+  } else {
+    f(std::integral_constant<bool, false>{});
   }
 }
 

@@ -152,7 +152,7 @@ def load_fashion_mnist(root=None):
 
     def as_set(images, labels):
         x = _normalized(images.reshape(-1, 1, 28, 28), 255.0, *FASHION_MEAN_STD)
-        return torch.utils.data.TensorDataset(x, torch.as_tensor(labels, dtype=torch.int64))
+        return torch.utils.data.TensorDataset(x, torch.from_numpy(labels.astype(np.int64)))
 
     return as_set(train_x, train_y), as_set(test_x, test_y)
 

@@ -50,8 +50,9 @@ inline bool has_avx2() {
 // The loop bodies. Each is instantiated for both targets by FTPROP_CPU_LOOP below.
 struct Body {
   template <typename scalar_t, typename F>
-  static inline void map1(const scalar_t* in, scalar_t* out, int64_t b, int64_t e, const F& f) {
+  static inline void map1(const scalar_t* in, scalar_t* out, int64_t b, int64_t e, const F& f_ref) {
     using opmath_t = at::opmath_type<scalar_t>;
+    const F f = f_ref;  // a local copy: its fields become loop invariants, not aliased loads
     for (int64_t i = b; i < e; ++i) {
       out[i] = static_cast<scalar_t>(f(static_cast<opmath_t>(in[i])));
     }
@@ -59,8 +60,9 @@ struct Body {
 
   template <typename scalar_t, typename F>
   static inline void map2(const scalar_t* a, const scalar_t* c, scalar_t* out, int64_t b,
-                          int64_t e, const F& f) {
+                          int64_t e, const F& f_ref) {
     using opmath_t = at::opmath_type<scalar_t>;
+    const F f = f_ref;  // a local copy: its fields become loop invariants, not aliased loads
     for (int64_t i = b; i < e; ++i) {
       out[i] = static_cast<scalar_t>(f(static_cast<opmath_t>(a[i]), static_cast<opmath_t>(c[i])));
     }
@@ -69,8 +71,9 @@ struct Body {
   // Elements [b, e), b a multiple of kBlock: forward values plus codes, packed per byte.
   template <int kBits, typename scalar_t, typename F>
   static inline void encode(const scalar_t* in, scalar_t* out, uint8_t* code, int64_t b,
-                            int64_t e, const F& f) {
+                            int64_t e, const F& f_ref) {
     using opmath_t = at::opmath_type<scalar_t>;
+    const F f = f_ref;  // a local copy: its fields become loop invariants, not aliased loads
     constexpr int kPer = 8 / kBits;
     uint8_t staged[kBlock];
     for (int64_t s = b; s < e; s += kBlock) {
@@ -96,8 +99,9 @@ struct Body {
 
   template <int kBits, typename scalar_t, typename F>
   static inline void decode(const scalar_t* g, const uint8_t* code, scalar_t* out, int64_t b,
-                            int64_t e, const F& f) {
+                            int64_t e, const F& f_ref) {
     using opmath_t = at::opmath_type<scalar_t>;
+    const F f = f_ref;  // a local copy: its fields become loop invariants, not aliased loads
     constexpr int kPer = 8 / kBits;
     constexpr uint8_t kMask = static_cast<uint8_t>((1u << kBits) - 1u);
     uint8_t staged[kBlock];
