@@ -73,13 +73,18 @@ def _extension():
     # operation as PyTorch's reference does and the forward pass stays bit-identical.
     # -fno-trapping-math: lets GCC if-convert the NaN-aware selects so the CPU loops vectorise
     # (nothing here reads floating-point exception flags).
-    cxx = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno"]
+    # -fopenmp: at::parallel_for is inline in ATen's headers and only runs in parallel when the
+    # extension itself is compiled with OpenMP (libgomp is already loaded with torch).
+    cxx = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno", "-fopenmp"]
+    link = ["-fopenmp"]
     if not with_cuda:
-        return CppExtension("ftprop_cuda._C", sources, extra_compile_args={"cxx": cxx})
+        return CppExtension("ftprop_cuda._C", sources, extra_compile_args={"cxx": cxx},
+                            extra_link_args=link)
     sources += ["csrc/cuda/step.cu", "csrc/cuda/staircase.cu"]
     nvcc = ["-O3", "--fmad=false", "-lineinfo"]
     return CUDAExtension(
-        "ftprop_cuda._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}
+        "ftprop_cuda._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+        extra_link_args=link,
     )
 
 

@@ -24,20 +24,28 @@ def check_bool(name, value):
     return value
 
 
+_REAL = (numbers.Real, torch.SymFloat, torch.SymInt)
+
+
 def check_staircase_args(steps, lo, hi):
     """Validates steps, lo, hi; returns (steps, float(lo), float(hi))."""
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+    if isinstance(steps, bool) or not isinstance(steps, (numbers.Integral, torch.SymInt)):
         raise TypeError(f"steps must be an integer >= 2; got {steps!r} ({type(steps).__name__})")
     if steps < 2:
         raise ValueError(f"steps must be an integer >= 2; got {steps}")
+    bounds = []
     for name, value in (("lo", lo), ("hi", hi)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if isinstance(value, bool) or not isinstance(value, _REAL):
             raise TypeError(f"{name} must be a finite real number; got {value!r}")
-        if not math.isfinite(value):
+        # a comparison, not math.isfinite: under torch.compile(dynamic=True) a Python float
+        # argument arrives as a symbolic float, which math.isfinite cannot take
+        if not -math.inf < value < math.inf:
             raise ValueError(f"{name} must be a finite real number; got {value!r}")
+        bounds.append(float(value))
+    lo, hi = bounds
     if not lo < hi:
         raise ValueError(f"lo must be smaller than hi; got lo={lo!r}, hi={hi!r}")
-    return int(steps), float(lo), float(hi)
+    return int(steps), lo, hi
 
 
 def _check_input(z):

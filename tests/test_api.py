@@ -239,3 +239,24 @@ def test_require_ext_turns_fallback_into_error():
                          text=True, timeout=120)
     assert out.returncode != 0 and "ftprop_cuda._C" in out.stderr, out.stderr
     assert "falling back" not in out.stderr  # it raised instead of warning
+
+
+def test_compile_dynamic_with_scalar_arguments():
+    """lo, hi and steps passed as arguments arrive symbolic under dynamic=True: no graph break."""
+    torch._dynamo.reset()
+
+    def f(z, steps, lo, hi):
+        return ftprop_cuda.staircase(z, steps, lo, hi, rule="saturated_hinge")
+
+    compiled = torch.compile(f, dynamic=True, fullgraph=True)
+    z = torch.randn(10, requires_grad=True)
+    for steps, lo, hi, n in [(3, 0.0, 1.0, 10), (5, -1.0, 2.0, 13)]:
+        x = torch.randn(n, requires_grad=True)
+        y = compiled(x, steps, lo, hi)
+        assert torch.equal(y, ref.staircase_forward(x.detach(), steps, lo, hi))
+        y.sum().backward()
+        g = torch.ones(n)
+        torch.testing.assert_close(x.grad, ref.staircase_backward(g, x.detach(), steps, lo, hi,
+                                                                  "saturated_hinge"))
+    with pytest.raises(Exception, match="lo"):
+        compiled(z, 3, float("nan"), 1.0)

@@ -1,0 +1,471 @@
+"""One training step (forward, backward, optimizer) and its memory, kernel vs reference.
+
+    python benchmarks/bench_train.py                       # default config for the device
+    python benchmarks/bench_train.py --device cuda         # paper batch sizes (64/128/256)
+    python benchmarks/bench_train.py --markdown docs/performance.md
+    python benchmarks/bench_train.py --smoke --out /tmp/b  # tiny, for CI
+
+The paper's networks on synthetic batches of the paper's shapes: convnet4 (CIFAR-10, 3x32x32,
+batch 64 as in the paper's code), convnet8 (CIFAR-10, batch 128) and resnet18 (ImageNet,
+3x224x224, batch 256 on GPU; a smaller default batch on CPU, stated in the output). Hidden units
+are `nonlin` (default 'step', sign units with the soft-hinge rule). Variants: the model with
+backend='reference', the same under torch.compile, backend='kernel', and that compiled.
+
+Before timing, each variant runs forward+backward on the same batch from the same initial
+weights (and dropout seed) and is compared with the eager reference model: eager variants must
+match its loss to rounding and its gradients to 1e-3 relative L2 error; compiled variants get a
+sanity check (loss within 10%, gradient norm within 2x), because reordered conv/BN arithmetic
+flips a few near-zero hard-threshold units and deep nets' gradients then decorrelate (the ops'
+own exactness under torch.compile is checked by bench_ops). A variant that fails is reported and
+not timed (exit code 1).
+
+Memory: on CUDA the peak of torch.cuda.max_memory_allocated during one step (and its rise above
+the memory held at the step's start). On CPU two honest proxies: the bytes autograd saved for
+backward in one step (unique storages packed by saved_tensors_hooks, parameters excluded), and the
+rise of the process's peak resident set (VmHWM, reset through /proc/self/clear_refs) above its
+resident set at the step's start -- a lower bound, since the allocator reuses memory it kept.
+"""
+import argparse
+import copy
+import os
+import sys
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from ftprop_cuda import _ops  # noqa: E402
+
+VARIANTS = ("ref", "ref_compiled", "kernel", "kernel_compiled")
+VARIANT_LABEL = {
+    "ref": "reference (eager)",
+    "ref_compiled": "compiled reference",
+    "kernel": "kernel",
+    "kernel_compiled": "compiled kernel",
+}
+# arch -> (in_channels, image_size, num_classes, paper batch size, dataset)
+SHAPES = {
+    "convnet4": (3, 32, 10, 64, "CIFAR-10"),
+    "convnet8": (3, 32, 10, 128, "CIFAR-10"),
+    "resnet18": (3, 224, 1000, 256, "ImageNet"),
+    "resnet18_cifar": (3, 32, 10, 128, "CIFAR-10"),
+    "alexnet": (3, 224, 1000, 256, "ImageNet"),
+}
+CPU_BATCH = {"resnet18": 8, "alexnet": 32}  # 2 slow cores: smaller ImageNet batches by default
+# Checks against the eager reference model. Eager variants run the same conv/BN arithmetic and
+# a bit-exact unit forward, so the loss must agree to rounding and the gradients to the units'
+# backward tolerance. A compiled graph reorders conv/BN arithmetic: that flips a few near-zero
+# pre-activations of the hard-threshold units, each flip moves the next layer, and in a deep net
+# (resnet18, convnet8) the gradients decorrelate from eager although both are right. So compiled
+# variants get a sanity check (finite, loss within 10%, gradient norm within 2x) and the measured
+# gradient error is reported; the ops' exactness under torch.compile is bench_ops' check.
+GRAD_TOL = {"eager": 1e-3}
+LOSS_RTOL = {"eager": 1e-5, "compiled": 1e-1}
+GRAD_NORM_RATIO = 2.0
+CHECK_SEED = 1234  # the same dropout masks for every eager variant
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--archs", default="convnet4,convnet8,resnet18")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--batch", default=None, help="per-arch batch sizes, e.g. "
+                   "'resnet18=32,convnet4=64', or one number for all (default: the paper's; "
+                   f"on CPU {CPU_BATCH})")
+    p.add_argument("--nonlin", default="step", help="hidden unit (ftprop_cuda.models.NONLINS)")
+    p.add_argument("--rule", default="soft_hinge")
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    p.add_argument("--min-time", type=float, default=None,
+                   help="CPU: seconds of timed steps per measurement (default 2, smoke 0.05)")
+    p.add_argument("--smoke", action="store_true",
+                   help="convnet4, batch 4, eager variants only: for CI")
+    p.add_argument("--out", default=os.path.join(common.REPO, "benchmarks", "results"))
+    p.add_argument("--tag", default=None)
+    p.add_argument("--markdown", default=None, metavar="PATH",
+                   help="also write this run's section into PATH (e.g. docs/performance.md)")
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--from-json", default=None, metavar="PATH",
+                   help="measure nothing: rewrite the Markdown/PNG (and --markdown section) of "
+                   "an earlier run from its JSON")
+    args = p.parse_args(argv)
+
+    args.device = torch.device(args.device)
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible")
+    if args.smoke:
+        args.archs = "convnet4" if args.archs == p.get_default("archs") else args.archs
+        if args.variants == p.get_default("variants"):
+            args.variants = "ref,kernel"
+        args.batch = args.batch or "4"
+    args.archs = common.parse_list(args.archs)
+    args.variants = common.parse_list(args.variants)
+    for name, values, accepted in (("archs", args.archs, tuple(SHAPES)),
+                                   ("variants", args.variants, VARIANTS)):
+        bad = [v for v in values if v not in accepted]
+        if bad:
+            raise SystemExit(f"--{name}: unknown {bad}; accepted: {', '.join(accepted)}")
+    batch = {a: SHAPES[a][3] for a in args.archs}
+    if args.device.type == "cpu":
+        batch.update({a: b for a, b in CPU_BATCH.items() if a in batch})
+    if args.batch:
+        if "=" in args.batch:
+            for item in common.parse_list(args.batch):
+                a, b = item.split("=")
+                batch[a.strip()] = int(b)
+        else:
+            batch = {a: int(args.batch) for a in args.archs}
+    args.batch_sizes = batch
+    if args.min_time is None:
+        args.min_time = 0.05 if args.smoke else 2.0
+    if args.tag is None:
+        thp = os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"
+        args.tag = args.device.type + ("_thp" if thp else "") + ("_smoke" if args.smoke else "")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory probes
+# ---------------------------------------------------------------------------------------------
+def _proc_status_kib(field):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory(step, device):
+    """Runs step() once; returns the memory figures of that step (bytes) and their labels."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        return {"peak_allocated_bytes": peak, "peak_rise_bytes": peak - before,
+                "memory_kind": "torch.cuda.max_memory_allocated"}
+    ok = _reset_peak_rss()
+    rss0 = _proc_status_kib("VmRSS")
+    step()
+    hwm = _proc_status_kib("VmHWM")
+    if not ok or hwm is None or rss0 is None:
+        return {"peak_rss_bytes": None, "peak_rss_rise_bytes": None, "memory_kind": None}
+    # VmHWM is updated lazily, so it can trail VmRSS read just after the reset by a few pages
+    return {"peak_rss_bytes": hwm * 1024, "peak_rss_rise_bytes": max(0, hwm - rss0) * 1024,
+            "memory_kind": "process VmHWM during the step (reset via /proc/self/clear_refs)"}
+
+
+def saved_activation_bytes(step, model):
+    """Bytes of the unique storages autograd packs for backward during step(), parameters
+    excluded: the activation memory the step holds between forward and backward."""
+    params = [p for p in model.parameters()]
+    _, total, new = common.measure_saved(step, lambda _: params)
+    return new
+
+
+# ---------------------------------------------------------------------------------------------
+# Models and steps
+# ---------------------------------------------------------------------------------------------
+def build(arch, variant, args, state):
+    from ftprop_cuda.models import build_model
+
+    in_ch, size, classes, _, _ = SHAPES[arch]
+    backend = "reference" if variant.startswith("ref") else "kernel"
+    model = build_model(arch, nonlin=args.nonlin, rule=args.rule, num_classes=classes,
+                        in_channels=in_ch, image_size=size, backend=backend)
+    model.load_state_dict(state)
+    model.to(args.device).train()
+    fwd = torch.compile(model) if variant.endswith("compiled") else model
+    if args.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
+    return model, fwd, opt
+
+
+def make_batch(arch, batch, device, seed=0):
+    in_ch, size, classes, _, _ = SHAPES[arch]
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, in_ch, size, size, generator=gen)
+    y = torch.randint(0, classes, (batch,), generator=gen)
+    return x.to(device), y.to(device)
+
+
+def grads_of(model):
+    return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+            for p in model.parameters()]
+
+
+def compare(loss, grads, ref_loss, ref_grads, kind):
+    """(problem or None, figures): loss relative difference and gradient relative L2 error."""
+    dloss = abs(loss - ref_loss) / max(abs(ref_loss), 1e-12)
+    num = sum(float((a.double() - b.double()).pow(2).sum()) for a, b in zip(grads, ref_grads))
+    den = sum(float(b.double().pow(2).sum()) for b in ref_grads)
+    gerr = (num / max(den, 1e-300)) ** 0.5
+    norm = sum(float(a.double().pow(2).sum()) for a in grads) ** 0.5
+    ratio = norm / max(den ** 0.5, 1e-300)
+    figs = {"loss_rel_diff": dloss, "grad_rel_l2_err": gerr, "grad_norm_ratio": ratio,
+            "check": "match" if kind == "eager" else "sanity"}
+    problems = []
+    if not (dloss <= LOSS_RTOL[kind]):
+        problems.append(f"loss {loss:.6g} vs reference {ref_loss:.6g} (rel diff {dloss:.2e} > "
+                        f"{LOSS_RTOL[kind]:.0e})")
+    if kind in GRAD_TOL and not (gerr <= GRAD_TOL[kind]):
+        problems.append(f"gradient relative L2 error {gerr:.2e} > {GRAD_TOL[kind]:.0e}")
+    if not (1 / GRAD_NORM_RATIO <= ratio <= GRAD_NORM_RATIO):
+        problems.append(f"gradient norm {ratio:.3g}x the reference's (finite, within "
+                        f"{GRAD_NORM_RATIO:g}x expected)")
+    return "; ".join(problems) or None, figs
+
+
+def bench_arch(args, arch, failures, log):
+    from ftprop_cuda.models import build_model
+
+    in_ch, size, classes, paper_batch, dataset = SHAPES[arch]
+    batch = args.batch_sizes[arch]
+    torch.manual_seed(0)
+    state = copy.deepcopy(build_model(arch, nonlin=args.nonlin, rule=args.rule,
+                                      num_classes=classes, in_channels=in_ch, image_size=size,
+                                      backend="reference").state_dict())
+    x, y = make_batch(arch, batch, args.device)
+    rows, ref_loss, ref_grads = [], None, None
+    for variant in args.variants:
+        base = {"arch": arch, "dataset": dataset, "shape": [batch, in_ch, size, size],
+                "batch": batch, "paper_batch": paper_batch, "variant": variant,
+                "nonlin": args.nonlin, "rule": args.rule, "optimizer": args.optimizer}
+        if variant.startswith("kernel") and args.device.type not in _ops.KERNEL_DEVICES:
+            why = f"no ftprop_cuda kernel for {args.device.type} ({_ops.EXT_ERROR})"
+            failures.append(f"{arch}/{variant}: unavailable: {why}")
+            rows.append(dict(base, status="unavailable: " + why))
+            continue
+        log(f"{arch} batch {batch} {variant}")
+        try:
+            if ref_loss is None:  # the eager reference's loss and gradients: the yardstick
+                ref_model, _, _ = build(arch, "ref", args, state)
+                torch.manual_seed(CHECK_SEED)
+                ref_out = ref_model(x)
+                ref_l = F.cross_entropy(ref_out, y)
+                ref_l.backward()
+                ref_loss, ref_grads = float(ref_l.detach()), grads_of(ref_model)
+                del ref_model, ref_out, ref_l
+            model, fwd, opt = build(arch, variant, args, state)
+            t0 = time.perf_counter()
+            torch.manual_seed(CHECK_SEED)
+            loss = F.cross_entropy(fwd(x), y)
+            loss.backward()
+            common.synchronize(args.device)
+            first_call_s = time.perf_counter() - t0  # includes compilation for compiled variants
+            kind = "compiled" if variant.endswith("compiled") else "eager"
+            problem, figs = compare(float(loss.detach()), grads_of(model), ref_loss, ref_grads,
+                                    kind)
+            del loss
+        except Exception as exc:
+            traceback.print_exc()
+            problem, figs, first_call_s = f"raised {type(exc).__name__}: {exc}", {}, None
+        if problem is not None:
+            msg = f"CHECK FAILED {arch}/{variant}: {problem}"
+            print("!" * 8 + " " + msg, file=sys.stderr, flush=True)
+            failures.append(msg)
+            rows.append(dict(base, status="CHECK FAILED: " + problem, **figs))
+            continue
+
+        def train_step():
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(fwd(x), y)
+            loss.backward()
+            opt.step()
+
+        t = common.time_fn(train_step, args.device, args.min_time)
+        mem = peak_memory(train_step, args.device)
+        try:
+            saved = saved_activation_bytes(train_step, model)
+        except Exception as exc:  # hooks unsupported somewhere: say so
+            log(f"  saved_tensors_hooks failed: {type(exc).__name__}: {exc}")
+            saved = None
+        row = dict(base, status="ok", median_s=t["median_s"], iqr_s=t["iqr_s"],
+                   timer=t.get("timer"), blocks=t["blocks"], first_call_s=first_call_s,
+                   images_per_s=batch / t["median_s"], saved_activation_bytes=saved, **mem,
+                   **figs)
+        rows.append(row)
+        log(f"  {t['median_s'] * 1e3:9.1f} ms/step  saved {_mib(saved)} MiB  {mem}  "
+            f"check {figs}")
+        del model, fwd, opt
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports
+# ---------------------------------------------------------------------------------------------
+def _mib(b):
+    return "–" if b is None else f"{b / 2**20:.0f}" if b >= 2**24 else f"{b / 2**20:.1f}"
+
+
+def markdown(result, plot_rel=None):
+    env, cfg, rows = result["environment"], result["config"], result["rows"]
+    cuda = env["device"].startswith("cuda")
+    thp = env["THP_MEM_ALLOC_ENABLE"]
+    out = [f"### bench_train: {env['device_name']} ({env['device']}), "
+           f"THP_MEM_ALLOC_ENABLE={thp if thp is not None else 'unset'}", "",
+           common.env_markdown(env)]
+    warning = common.load_warning(env)
+    if warning:
+        out += ["", warning]
+    small = [f"{r['arch']} batch {r['batch']} (paper: {r['paper_batch']})" for r in rows
+             if r["batch"] != r["paper_batch"] and r["variant"] == cfg["variants"][0]]
+    out += ["", f"Command: `{result['command']}` ({result['elapsed_s']:.0f} s). One training "
+            f"step = zero_grad, forward, cross-entropy, backward, {cfg['optimizer']} step, on a "
+            f"synthetic batch; hidden units nonlin='{cfg['nonlin']}', rule='{cfg['rule']}'. "
+            "Median step time. The check columns compare one forward+backward with the eager "
+            "reference model from the same weights and dropout seed: eager variants must match "
+            "(loss to 1e-5, gradients to 1e-3 relative L2); compiled variants only get a sanity "
+            "check (loss within 10%, gradient norm within 2x) because reordered conv/BN "
+            "arithmetic flips near-zero hard-threshold units and a deep net's gradients then "
+            "decorrelate (bench_ops checks the ops themselves under torch.compile)."]
+    if small:
+        out += ["", "**Batch sizes below the paper's on this device:** " + "; ".join(small) + "."]
+    if result["failures"]:
+        out += ["", "**FAILURES (not timed):**", ""] + [f"- {f}" for f in result["failures"]]
+    if cuda:
+        mem_head = ["peak allocated MiB", "rise in step MiB"]
+    else:
+        mem_head = ["process peak RSS in step MiB", "RSS rise in step MiB"]
+    headers = (["arch", "input", "variant", "ms/step", "images/s", "first call s",
+                "saved for backward MiB"] + mem_head + ["check", "loss rel diff",
+                                                        "grad rel err"])
+    table = []
+    for r in rows:
+        if r["status"] != "ok":
+            table.append([r["arch"], "x".join(map(str, r["shape"])), VARIANT_LABEL[r["variant"]],
+                          "**" + r["status"][:90] + "**"] + [""] * (len(headers) - 4))
+            continue
+        mem = ([_mib(r["peak_allocated_bytes"]), _mib(r["peak_rise_bytes"])] if cuda
+               else [_mib(r.get("peak_rss_bytes")),
+                     _mib(r.get("peak_rss_rise_bytes"))])
+        table.append([r["arch"], "x".join(map(str, r["shape"])), VARIANT_LABEL[r["variant"]],
+                      common.fmt_ms(r["median_s"]), f"{r['images_per_s']:.1f}",
+                      f"{r['first_call_s']:.1f}", _mib(r["saved_activation_bytes"])] + mem
+                     + [r.get("check", "–"), f"{r['loss_rel_diff']:.1e}",
+                        f"{r['grad_rel_l2_err']:.1e}"])
+    out += ["", common.md_table(headers, table)]
+    if not cuda:
+        out += ["", "CPU memory columns: *saved for backward* sums the unique storages autograd "
+                "packed during one step (saved_tensors_hooks), parameters excluded: the "
+                "activation memory, comparable across devices. *Process peak RSS* is the whole "
+                "process's resident-set high-water mark during one step (VmHWM, reset through "
+                "/proc/self/clear_refs just before it: torch's own ~0.5-1 GB, compiled code and "
+                "memory the allocator kept from earlier steps included); *RSS rise* is that peak "
+                "minus the RSS at the step's start, a lower bound of the step's footprint, often "
+                "0 because glibc reuses memory kept from earlier steps."]
+    if plot_rel:
+        out += ["", f"![bench_train plot]({plot_rel})"]
+    return "\n".join(out) + "\n"
+
+
+def plot(result, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    env, cfg, rows = result["environment"], result["config"], result["rows"]
+    cuda = env["device"].startswith("cuda")
+    archs = cfg["archs"]
+    mem_key = "peak_allocated_bytes" if cuda else "saved_activation_bytes"
+    mem_label = "peak allocated MiB" if cuda else "saved for backward MiB"
+    fig, axes = plt.subplots(2, len(archs), squeeze=False,
+                             figsize=(max(8.0, 3.6 * len(archs)), 6.6))
+    colors = {"ref": "tab:gray", "ref_compiled": "tab:blue", "kernel": "tab:red",
+              "kernel_compiled": "tab:orange"}
+    for j, arch in enumerate(archs):
+        sel = {r["variant"]: r for r in rows if r["arch"] == arch}
+        names = [v for v in VARIANTS if v in sel]
+        for i, (key, scale, label) in enumerate((("median_s", 1e3, "ms / training step"),
+                                                 (mem_key, 1 / 2**20, mem_label))):
+            ax = axes[i][j]
+            vals = [sel[v].get(key) if sel[v]["status"] == "ok" else None for v in names]
+            heights = [0 if v is None else v * scale for v in vals]
+            bars = ax.bar(range(len(names)), heights, color=[colors[v] for v in names])
+            for b, v in zip(bars, vals):
+                ax.annotate("FAILED" if v is None else f"{v * scale:.3g}" if v * scale < 1000
+                            else f"{v * scale:.0f}",
+                            (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
+                            va="bottom", fontsize=8, color="red" if v is None else "black")
+            ax.set_xticks(range(len(names)))
+            ax.set_xticklabels([VARIANT_LABEL[v].replace(" ", "\n", 1) for v in names],
+                               fontsize=8)
+            ax.set_ylabel(label)
+            ax.margins(y=0.15)
+            if i == 0:
+                r0 = next(iter(sel.values()))
+                ax.set_title(f"{arch}, batch {r0['batch']} x {r0['shape'][2]}px", fontsize=10)
+    thp = env["THP_MEM_ALLOC_ENABLE"]
+    fig.suptitle(f"ftprop_cuda training step\n{env['device_name']} ({env['device']}), "
+                 f"torch {env['torch']}, THP_MEM_ALLOC_ENABLE="
+                 f"{thp if thp is not None else 'unset'}, {env['date_utc']}", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.from_json:  # re-render the outputs of an earlier run, measuring nothing
+        result = common.load_result(args.from_json)
+        tag = result["config"].get("tag", args.tag)
+        common.write_outputs(result, "bench_train", tag, args.out, markdown,
+                             plot, args.markdown, args.no_plot)
+        return common.report_failures("bench_train", result["failures"])
+    try:
+        import ftprop_cuda.models  # noqa: F401
+    except ImportError as exc:
+        raise SystemExit(f"bench_train needs ftprop_cuda.models.build_model: {exc}")
+    start = time.perf_counter()
+    common.raise_dynamo_limits()
+
+    def log(msg):
+        print(msg, flush=True)
+
+    env = common.environment(args.device)
+    log(common.env_markdown(env))
+    rows, failures = [], []
+    for arch in args.archs:
+        rows += bench_arch(args, arch, failures, log)
+    common.finish_environment(env)
+    config = {"device": str(args.device), "archs": args.archs, "variants": args.variants,
+              "batch_sizes": args.batch_sizes, "nonlin": args.nonlin, "rule": args.rule,
+              "optimizer": args.optimizer, "min_time": args.min_time, "smoke": args.smoke}
+    command = "python benchmarks/bench_train.py " + " ".join(sys.argv[1:] if argv is None
+                                                             else argv)
+    if os.environ.get("THP_MEM_ALLOC_ENABLE"):
+        command = f"THP_MEM_ALLOC_ENABLE={os.environ['THP_MEM_ALLOC_ENABLE']} {command}"
+    result = {"benchmark": "bench_train", "command": command.strip(), "environment": env,
+              "config": config, "failures": failures, "rows": rows,
+              "elapsed_s": time.perf_counter() - start}
+
+    result["config"]["tag"] = args.tag
+    common.write_outputs(result, "bench_train", args.tag, args.out, markdown, plot,
+                         args.markdown, args.no_plot, log)
+    return common.report_failures("bench_train", failures)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Smoke test of the benchmark scripts: both run with --smoke and write sane JSON, Markdown, PNG.
+
+The two scripts run concurrently in subprocesses (their timings are meaningless here; the point
+is that every variant passes its correctness check and every output is written).
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(REPO, "benchmarks")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _has_models():
+    try:
+        import ftprop_cuda.models  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    doc = out / "doc" / "performance.md"
+    cmds = {"ops": [sys.executable, os.path.join(BENCH, "bench_ops.py"), "--smoke",
+                    "--out", str(out), "--markdown", str(doc)]}
+    if _has_models():
+        cmds["train"] = [sys.executable, os.path.join(BENCH, "bench_train.py"), "--smoke",
+                         "--out", str(out), "--markdown", str(out / "doc" / "train.md")]
+    env = dict(os.environ, MPLBACKEND="Agg")
+    procs = {k: subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 env=env, cwd=str(out)) for k, c in cmds.items()}
+    results = {}
+    for k, p in procs.items():
+        text, _ = p.communicate(timeout=300)
+        results[k] = (p.returncode, text)
+    return out, results
+
+
+def _check_outputs(out, stem):
+    with open(out / f"{stem}.json") as f:
+        data = json.load(f)
+    env = data["environment"]
+    for key in ("device_name", "cpu_model", "cpu_count", "torch", "torch_cuda", "date_utc",
+                "THP_MEM_ALLOC_ENABLE"):
+        assert key in env, key
+    assert data["failures"] == []
+    assert data["rows"] and all(r["status"] == "ok" for r in data["rows"])
+    assert all(r["median_s"] > 0 for r in data["rows"])
+    md = (out / f"{stem}.md").read_text()
+    assert env["torch"] in md and env["date_utc"] in md
+    assert md.count("|---|") >= 1
+    png = (out / f"{stem}.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 10_000
+    return data, md
+
+
+def test_bench_ops_smoke(smoke_runs):
+    out, results = smoke_runs
+    rc, text = results["ops"]
+    assert rc == 0, text[-4000:]
+    data, md = _check_outputs(out, "bench_ops_cpu_smoke")
+    variants = {r["variant"] for r in data["rows"]}
+    assert variants == {"ref", "ref_compiled", "kernel", "kernel_compiled"}
+    assert {r["pass"] for r in data["rows"]} == {"fwd", "bwd", "fwdbwd"}
+    assert {r["op"] for r in data["rows"]} == {"step", "staircase"}
+    for r in data["rows"]:
+        assert r["gbps"] > 0 and r["pct_copy"] > 0 and r["pct_fresh_copy"] > 0
+        # at least a bit per element is kept for backward, at most z and y in float64
+        assert 0.1 <= r["saved_bytes_per_elem"] <= 16, r
+    assert data["copies"] and all(c["copy_gbps"] > 0 and c["fresh_copy_gbps"] > 0
+                                  for c in data["copies"])
+    doc = (out / "doc" / "performance.md").read_text()
+    assert "<!-- BEGIN bench_ops cpu_smoke -->" in doc and "<!-- END bench_ops cpu_smoke -->" in doc
+    assert (out / "doc" / "img" / "bench_ops_cpu_smoke.png").exists()
+
+
+@pytest.mark.skipif(not _has_models(), reason="ftprop_cuda.models is not there yet")
+def test_bench_train_smoke(smoke_runs):
+    out, results = smoke_runs
+    rc, text = results["train"]
+    assert rc == 0, text[-4000:]
+    data, md = _check_outputs(out, "bench_train_cpu_smoke")
+    assert {r["variant"] for r in data["rows"]} == {"ref", "kernel"}
+    for r in data["rows"]:
+        assert r["saved_activation_bytes"] > 0
+        assert r["grad_rel_l2_err"] <= 1e-3
+    assert "bench_train cpu_smoke" in (out / "doc" / "train.md").read_text()
+
+
+def test_markdown_sections_are_replaced_in_place(tmp_path):
+    sys.path.insert(0, BENCH)
+    try:
+        import common
+    finally:
+        sys.path.remove(BENCH)
+    doc = tmp_path / "perf.md"
+    doc.write_text("# Title\n\nintro\n")
+    common.update_markdown(str(doc), "a", "first A")
+    common.update_markdown(str(doc), "b", "first B")
+    common.update_markdown(str(doc), "a", "second A")
+    text = doc.read_text()
+    assert text.startswith("# Title\n\nintro\n")
+    assert "second A" in text and "first A" not in text and "first B" in text
+    assert text.index("second A") < text.index("first B")
+    assert common.parse_sizes("16-20:2,10") == [1 << 16, 1 << 18, 1 << 20, 1 << 10]
