@@ -41,7 +41,7 @@ def check_staircase_args(steps, lo, hi):
         # argument arrives as a symbolic float, which math.isfinite cannot take
         if not -math.inf < value < math.inf:
             raise ValueError(f"{name} must be a finite real number; got {value!r}")
-        bounds.append(float(value))
+        bounds.append(float(value) + 0.0)  # + 0.0 turns -0.0 into 0.0: one zero, one result
     lo, hi = bounds
     if not lo < hi:
         raise ValueError(f"lo must be smaller than hi; got lo={lo!r}, hi={hi!r}")

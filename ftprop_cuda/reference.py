@@ -142,6 +142,7 @@ def staircase_u(z, lo, hi):
 
 def staircase_forward(z, steps=3, lo=0.0, hi=1.0):
     """y = lo + q (hi - lo), q = min(max(ceil(u (K - 1)), 0), K) / K; NaN stays NaN."""
+    lo = float(lo) + 0.0  # a bound of -0.0 is the bound 0.0 (as in ftprop_cuda.staircase)
     zf = z.to(opmath_dtype(z.dtype))
     u = staircase_u(zf, lo, hi)
     q = torch.clamp(torch.ceil(u * (steps - 1)), 0, steps) / _const(float(steps), zf)

@@ -10,7 +10,8 @@ from conftest import cpu_and_cuda
 from helpers import (DTYPES, G_BOUNDARY, Z_STEP, assert_backward_close, assert_same_bits, grid,
                      staircase_boundary)
 
-STAIR_CONFIGS = [(3, 0.0, 1.0), (5, 0.0, 1.0), (2, -1.0, 1.0), (4, -0.5, 2.5), (7, 0.1, 0.35)]
+STAIR_CONFIGS = [(3, 0.0, 1.0), (5, 0.0, 1.0), (2, -1.0, 1.0), (4, -0.5, 2.5), (7, 0.1, 0.35),
+                 (3, -0.0, 1.0)]
 
 SHAPES = [(), (0,), (0, 3), (1,), (7,), (5, 33), (4, 3, 17)]
 
