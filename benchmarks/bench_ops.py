@@ -38,13 +38,7 @@ import torch  # noqa: E402
 import ftprop_cuda  # noqa: E402
 from ftprop_cuda import _ops  # noqa: E402
 
-VARIANTS = ("ref", "ref_compiled", "kernel", "kernel_compiled")
-VARIANT_LABEL = {
-    "ref": "reference (eager)",
-    "ref_compiled": "torch.compile(reference)",
-    "kernel": "kernel",
-    "kernel_compiled": "kernel in compiled graph",
-}
+VARIANTS, VARIANT_LABEL = common.VARIANTS, common.VARIANT_LABEL
 PASSES = ("fwd", "bwd", "fwdbwd")
 PASS_LABEL = {"fwd": "forward", "bwd": "backward", "fwdbwd": "forward+backward"}
 OPS = ("step", "staircase")

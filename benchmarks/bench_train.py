@@ -40,13 +40,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from ftprop_cuda import _ops  # noqa: E402
 
-VARIANTS = ("ref", "ref_compiled", "kernel", "kernel_compiled")
-VARIANT_LABEL = {
-    "ref": "reference (eager)",
-    "ref_compiled": "compiled reference",
-    "kernel": "kernel",
-    "kernel_compiled": "compiled kernel",
-}
+VARIANTS, VARIANT_LABEL = common.VARIANTS, common.VARIANT_LABEL
 # arch -> (in_channels, image_size, num_classes, paper batch size, dataset)
 SHAPES = {
     "convnet4": (3, 32, 10, 64, "CIFAR-10"),

@@ -42,6 +42,15 @@ BACKWARD_TOL = {
 }
 COMPILED_TOL_FACTOR = 4.0
 
+# The four variants both scripts time on the same inputs (STYLE.md, Benchmarks).
+VARIANTS = ("ref", "ref_compiled", "kernel", "kernel_compiled")
+VARIANT_LABEL = {
+    "ref": "reference (eager)",
+    "ref_compiled": "torch.compile(reference)",
+    "kernel": "kernel",
+    "kernel_compiled": "kernel in compiled graph",
+}
+
 
 def parse_list(text):
     return [item.strip() for item in text.split(",") if item.strip()]

@@ -226,17 +226,17 @@ _NO_EXT = (
 )
 
 
-def test_fallback_without_extension_warns_and_uses_reference():
+def test_fallback_without_extension_warns_and_uses_reference(tmp_path):
     env = dict(os.environ, FTPROP_REQUIRE_EXT="0")
     out = subprocess.run([sys.executable, "-c", _NO_EXT], env=env, capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=120, cwd=tmp_path)  # import the installed package
     assert out.returncode == 0 and "fallback ok" in out.stdout, out.stderr
 
 
-def test_require_ext_turns_fallback_into_error():
+def test_require_ext_turns_fallback_into_error(tmp_path):
     env = dict(os.environ, FTPROP_REQUIRE_EXT="1")
     out = subprocess.run([sys.executable, "-c", _NO_EXT], env=env, capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=120, cwd=tmp_path)
     assert out.returncode != 0 and "ftprop_cuda._C" in out.stderr, out.stderr
     assert "falling back" not in out.stderr  # it raised instead of warning
 

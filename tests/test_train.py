@@ -146,7 +146,8 @@ def test_two_process_gloo_ddp(tmp_path):
          "-m", "ftprop_cuda.train", "--dataset", "digits", "--epochs", "1", "--lr", "1e-3",
          "--batch-size", "32", "--diagnostics", "--no-tensorboard", "--device", "cpu",
          "--out", out],
-        capture_output=True, text=True, env=env, timeout=300)
+        capture_output=True, text=True, env=env, timeout=300,
+        cwd=tmp_path)  # not the repository root, whose ftprop_cuda/ has no compiled _C
     assert proc.returncode == 0, proc.stderr[-3000:]
     finals = [l for l in proc.stdout.splitlines() if l.startswith("final test top-1")]
     assert len(finals) == 1                       # only rank 0 reports and writes
@@ -251,7 +252,7 @@ def test_bad_arguments_exit_2_with_one_line(argv, message, checkpoints, tmp_path
 def test_cli_process_exit_code_and_no_traceback(tmp_path):
     for argv in (["--arch", "vgg16"], ["--resume", str(tmp_path / "missing.pt")]):
         proc = subprocess.run([sys.executable, "-m", "ftprop_cuda.train", *argv],
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert proc.returncode == 2
         assert "Traceback" not in proc.stderr
         assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("ftprop-train: error:")

@@ -1,8 +1,8 @@
 // Elementwise CPU loops: at::parallel_for over contiguous buffers, each chunk a plain loop that
 // the compiler vectorises (the per-element math in ftprop.h is branch-free for that reason).
 //
-// Every loop is compiled twice, for AVX2+FMA and for baseline x86-64, and the AVX2 version is
-// chosen at run time when the processor has it, so the build runs on any x86-64. Large outputs
+// Every loop is compiled three times, for AVX-512, AVX2+FMA and baseline x86-64, and the widest
+// version the processor has is chosen at run time, so the build runs on any x86-64. Large outputs
 // ask the kernel for 2 MB pages before first touch: on Linux a fresh 64 MB output otherwise
 // costs more in 4 KB page faults than in memory bandwidth (see README, "CPU performance").
 #pragma once
@@ -23,9 +23,12 @@
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define FTPROP_X86_DISPATCH 1
 #define FTPROP_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define FTPROP_TARGET_AVX512 \
+  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512")))
 #else
 #define FTPROP_X86_DISPATCH 0
 #define FTPROP_TARGET_AVX2
+#define FTPROP_TARGET_AVX512
 #endif
 
 namespace ftprop {
@@ -38,12 +41,24 @@ constexpr int64_t kBlock = 512;
 // Outputs from this size up get 2 MB pages.
 constexpr size_t kHugePageMin = size_t(4) << 20;
 
-inline bool has_avx2() {
+// The widest instruction set the loops were compiled for that this processor has.
+enum class Isa { kBase, kAvx2, kAvx512 };
+
+inline Isa best_isa() {
 #if FTPROP_X86_DISPATCH
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
+  static const Isa isa = [] {
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")) {
+      return Isa::kAvx512;
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+      return Isa::kAvx2;
+    }
+    return Isa::kBase;
+  }();
+  return isa;
 #else
-  return false;
+  return Isa::kBase;
 #endif
 }
 
@@ -162,6 +177,27 @@ void decode_base(const scalar_t* g, const uint8_t* code, scalar_t* out, int64_t 
   Body::decode<kBits>(g, code, out, b, e, f);
 }
 
+template <typename scalar_t, typename F>
+FTPROP_TARGET_AVX512 void map1_avx512(const scalar_t* in, scalar_t* out, int64_t b, int64_t e,
+                                    const F& f) {
+  Body::map1(in, out, b, e, f);
+}
+template <typename scalar_t, typename F>
+FTPROP_TARGET_AVX512 void map2_avx512(const scalar_t* a, const scalar_t* c, scalar_t* out,
+                                    int64_t b, int64_t e, const F& f) {
+  Body::map2(a, c, out, b, e, f);
+}
+template <int kBits, typename scalar_t, typename F>
+FTPROP_TARGET_AVX512 void encode_avx512(const scalar_t* in, scalar_t* out, uint8_t* code,
+                                      int64_t b, int64_t e, const F& f) {
+  Body::encode<kBits>(in, out, code, b, e, f);
+}
+template <int kBits, typename scalar_t, typename F>
+FTPROP_TARGET_AVX512 void decode_avx512(const scalar_t* g, const uint8_t* code, scalar_t* out,
+                                      int64_t b, int64_t e, const F& f) {
+  Body::decode<kBits>(g, code, out, b, e, f);
+}
+
 struct Loops {
   // An uninitialised tensor shaped like `like`, on 2 MB pages when large (Linux, best effort).
   static at::Tensor empty(const at::Tensor& like) {
@@ -183,17 +219,21 @@ struct Loops {
 
   template <typename scalar_t, typename F>
   static void map1(const scalar_t* in, scalar_t* out, int64_t n, const F& f) {
-    const bool avx2 = has_avx2();
+    const Isa isa = best_isa();
     at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
-      avx2 ? map1_avx2(in, out, b, e, f) : map1_base(in, out, b, e, f);
+      isa == Isa::kAvx512 ? map1_avx512(in, out, b, e, f)
+      : isa == Isa::kAvx2 ? map1_avx2(in, out, b, e, f)
+                          : map1_base(in, out, b, e, f);
     });
   }
 
   template <typename scalar_t, typename F>
   static void map2(const scalar_t* a, const scalar_t* c, scalar_t* out, int64_t n, const F& f) {
-    const bool avx2 = has_avx2();
+    const Isa isa = best_isa();
     at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
-      avx2 ? map2_avx2(a, c, out, b, e, f) : map2_base(a, c, out, b, e, f);
+      isa == Isa::kAvx512 ? map2_avx512(a, c, out, b, e, f)
+      : isa == Isa::kAvx2 ? map2_avx2(a, c, out, b, e, f)
+                          : map2_base(a, c, out, b, e, f);
     });
   }
 
@@ -202,13 +242,14 @@ struct Loops {
     if constexpr (kBits == 0) {
       map1(in, out, n, f);
     } else {
-      const bool avx2 = has_avx2();
+      const Isa isa = best_isa();
       // Chunks in whole blocks, so that no two threads write the same code byte.
       const int64_t blocks = (n + kBlock - 1) / kBlock;
       at::parallel_for(0, blocks, kGrain / kBlock, [&](int64_t b, int64_t e) {
         const int64_t lo = b * kBlock, hi = e * kBlock < n ? e * kBlock : n;
-        avx2 ? encode_avx2<kBits>(in, out, code, lo, hi, f)
-             : encode_base<kBits>(in, out, code, lo, hi, f);
+        isa == Isa::kAvx512 ? encode_avx512<kBits>(in, out, code, lo, hi, f)
+        : isa == Isa::kAvx2 ? encode_avx2<kBits>(in, out, code, lo, hi, f)
+                            : encode_base<kBits>(in, out, code, lo, hi, f);
       });
     }
   }
@@ -219,12 +260,13 @@ struct Loops {
     if constexpr (kBits == 0) {
       map1(g, out, n, WithoutCode<F>{f});
     } else {
-      const bool avx2 = has_avx2();
+      const Isa isa = best_isa();
       const int64_t blocks = (n + kBlock - 1) / kBlock;
       at::parallel_for(0, blocks, kGrain / kBlock, [&](int64_t b, int64_t e) {
         const int64_t lo = b * kBlock, hi = e * kBlock < n ? e * kBlock : n;
-        avx2 ? decode_avx2<kBits>(g, code, out, lo, hi, f)
-             : decode_base<kBits>(g, code, out, lo, hi, f);
+        isa == Isa::kAvx512 ? decode_avx512<kBits>(g, code, out, lo, hi, f)
+        : isa == Isa::kAvx2 ? decode_avx2<kBits>(g, code, out, lo, hi, f)
+                            : decode_base<kBits>(g, code, out, lo, hi, f);
       });
     }
   }
