@@ -175,6 +175,38 @@ def test_low_precision_error_bound(op, rule, dtype, device):
     assert err_kernel <= 2 * err_ref + eps * oracle.abs().max().item() * 0.5, (err_kernel, err_ref)
 
 
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("grad_scale", [True, False])
+@pytest.mark.parametrize("op,rule,s_max", [("step", "soft_hinge", 1.0), ("step", "sigmoid", 0.5),
+                                           ("step", "lecun_tanh", 1.7519 * 2 / 3),
+                                           ("staircase", "soft_hinge", 1.0)])
+def test_smooth_rules_dense_grid(op, rule, s_max, grad_scale, device):
+    """The CPU kernels' own exp and tanh over their whole range: z on a dense float32 grid from
+    -100 to 100 (every exp argument from underflow to overflow, the tanh saturation near |z| = 9,
+    the sigmoid's one-sided saturation). With g = 1, the usual tolerance against the reference;
+    with larger random g, against a float64 oracle: at most 4 float32 eps of |g| * s_max (the
+    slope 1 - tanh^2 cancels; the float32 reference itself is off by up to 1.5 eps there)."""
+    z = torch.cat([torch.linspace(-100.0, 100.0, 400001), torch.linspace(-12.0, 12.0, 480001)])
+    gen = torch.Generator().manual_seed(3)
+    eps = torch.finfo(torch.float32).eps
+    for g in (torch.ones_like(z), torch.randn(z.shape, generator=gen) * 4):
+        z_d, g_d = z.to(device), g.to(device)
+        if op == "step":
+            _, dz = _step_kernel_grad(z_d, g_d, rule, "pm1", grad_scale)
+            exact = ref.step_backward(g.double(), z.double(), rule, "pm1", grad_scale)
+        else:
+            _, dz = _stair_kernel_grad(z_d, g_d, 3, -1.0, 2.0, rule, grad_scale)
+            exact = ref.staircase_backward(g.double(), z.double(), 3, -1.0, 2.0, rule, grad_scale)
+        dz = dz.cpu().double()
+        if bool((g == 1).all()):
+            assert_backward_close(dz.float(), exact.float())
+        scale = g.double().abs() * s_max if grad_scale else s_max / z.shape[0]
+        err = (dz - exact).abs()
+        bad = err > 4 * eps * scale
+        assert not bad.any(), (f"{int(bad.sum())} elements, e.g. z = {z[bad][:3].tolist()}: "
+                               f"{dz[bad][:3].tolist()} vs {exact[bad][:3].tolist()}")
+
+
 # ---------------------------------------------------------------------------------------------
 # CUDA only: grid-stride loop, device guard, 64-bit indexing
 # ---------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ namespace cpu {
 constexpr int64_t kGrain = 32768;
 // Elements per inner block of the code loops (codes are staged in a stack buffer).
 constexpr int64_t kBlock = 512;
+static_assert(kBlock % 8 == 0, "a whole block fills whole code bytes");
 // Outputs from this size up get 2 MB pages.
 constexpr size_t kHugePageMin = size_t(4) << 20;
 
@@ -62,10 +63,18 @@ inline Isa best_isa() {
 #endif
 }
 
-// The loop bodies. Each is instantiated for both targets by FTPROP_CPU_LOOP below.
+// The loop bodies, instantiated once per target below. They must be inlined into the target
+// functions: an out-of-line body is compiled for baseline x86-64 whatever its caller's target
+// (GCC did that for encode/decode, which then ran scalar, with std::ceil a library call).
+#if defined(__GNUC__)
+#define FTPROP_BODY static inline __attribute__((always_inline))
+#else
+#define FTPROP_BODY static inline
+#endif
+
 struct Body {
   template <typename scalar_t, typename F>
-  static inline void map1(const scalar_t* in, scalar_t* out, int64_t b, int64_t e, const F& f_ref) {
+  FTPROP_BODY void map1(const scalar_t* in, scalar_t* out, int64_t b, int64_t e, const F& f_ref) {
     using opmath_t = at::opmath_type<scalar_t>;
     const F f = f_ref;  // a local copy: its fields become loop invariants, not aliased loads
     for (int64_t i = b; i < e; ++i) {
@@ -74,7 +83,7 @@ struct Body {
   }
 
   template <typename scalar_t, typename F>
-  static inline void map2(const scalar_t* a, const scalar_t* c, scalar_t* out, int64_t b,
+  FTPROP_BODY void map2(const scalar_t* a, const scalar_t* c, scalar_t* out, int64_t b,
                           int64_t e, const F& f_ref) {
     using opmath_t = at::opmath_type<scalar_t>;
     const F f = f_ref;  // a local copy: its fields become loop invariants, not aliased loads
@@ -83,54 +92,73 @@ struct Body {
     }
   }
 
-  // Elements [b, e), b a multiple of kBlock: forward values plus codes, packed per byte.
+  // Code layout on the CPU (internal to the saved state; the CUDA kernels use their own): the
+  // tensor is cut in blocks of kBlock elements, the last one possibly shorter. A block of len
+  // elements takes W = ceil(len / kPer) code bytes, and its element j + k W (j < W, k < kPer)
+  // sits at bits [k kBits, (k + 1) kBits) of byte j. Packing and unpacking then read and write
+  // contiguous runs, which vectorises; consecutive elements in one byte would not.
+
+  // Elements [b, e), b a multiple of kBlock: forward values plus codes.
   template <int kBits, typename scalar_t, typename F>
-  static inline void encode(const scalar_t* in, scalar_t* out, uint8_t* code, int64_t b,
-                            int64_t e, const F& f_ref) {
+  FTPROP_BODY void encode(const scalar_t* in, scalar_t* out, uint8_t* code, int64_t b,
+                          int64_t e, const F& f_ref) {
     using opmath_t = at::opmath_type<scalar_t>;
     const F f = f_ref;  // a local copy: its fields become loop invariants, not aliased loads
     constexpr int kPer = 8 / kBits;
-    uint8_t staged[kBlock];
+    // The codes of one block as opmath values (f.code), converted while packing: one element
+    // width per loop keeps the vector registers from spilling.
+    opmath_t staged[kBlock];
     for (int64_t s = b; s < e; s += kBlock) {
       const int64_t len = e - s < kBlock ? e - s : kBlock;
+      const int64_t w = (len + kPer - 1) / kPer;
       for (int64_t k = 0; k < len; ++k) {
         const opmath_t v = static_cast<opmath_t>(in[s + k]);
         out[s + k] = static_cast<scalar_t>(f(v));
-        staged[k] = f.encode(v);
+        staged[k] = f.code(v);
       }
-      for (int64_t k = len; k < (len + kPer - 1) / kPer * kPer; ++k) {
-        staged[k] = 0;
+      for (int64_t k = len; k < w * kPer; ++k) {
+        staged[k] = opmath_t(0);
       }
       uint8_t* dst = code + s / kPer;
-      for (int64_t j = 0; j < (len + kPer - 1) / kPer; ++j) {
-        uint8_t byte = 0;
-        for (int k = 0; k < kPer; ++k) {
-          byte |= static_cast<uint8_t>(staged[j * kPer + k] << (k * kBits));
-        }
-        dst[j] = byte;
+      if (w == kBlock / kPer) {  // a whole block: the byte count is a compile-time constant
+        pack<kBits, kBlock / kPer>(staged, dst, w);
+      } else {
+        pack<kBits, 0>(staged, dst, w);
       }
     }
   }
 
+  template <int kBits, int64_t kW, typename opmath_t>
+  FTPROP_BODY void pack(const opmath_t* staged, uint8_t* dst, int64_t w_runtime) {
+    constexpr int kPer = 8 / kBits;
+    const int64_t w = kW > 0 ? kW : w_runtime;
+    for (int64_t j = 0; j < w; ++j) {
+      uint32_t byte = 0;
+      for (int k = 0; k < kPer; ++k) {
+        byte |= static_cast<uint32_t>(code_byte(staged[j + k * w])) << (k * kBits);
+      }
+      dst[j] = static_cast<uint8_t>(byte);
+    }
+  }
+
   template <int kBits, typename scalar_t, typename F>
-  static inline void decode(const scalar_t* g, const uint8_t* code, scalar_t* out, int64_t b,
-                            int64_t e, const F& f_ref) {
+  FTPROP_BODY void decode(const scalar_t* g, const uint8_t* code, scalar_t* out, int64_t b,
+                          int64_t e, const F& f_ref) {
     using opmath_t = at::opmath_type<scalar_t>;
     const F f = f_ref;  // a local copy: its fields become loop invariants, not aliased loads
     constexpr int kPer = 8 / kBits;
-    constexpr uint8_t kMask = static_cast<uint8_t>((1u << kBits) - 1u);
-    uint8_t staged[kBlock];
+    constexpr uint32_t kMask = (1u << kBits) - 1u;
     for (int64_t s = b; s < e; s += kBlock) {
       const int64_t len = e - s < kBlock ? e - s : kBlock;
+      const int64_t w = (len + kPer - 1) / kPer;
       const uint8_t* src = code + s / kPer;
-      for (int64_t j = 0; j < (len + kPer - 1) / kPer; ++j) {
-        const uint8_t byte = src[j];
-        for (int k = 0; k < kPer; ++k) {
-          staged[j * kPer + k] = static_cast<uint8_t>((byte >> (k * kBits)) & kMask);
+      for (int k = 0; k < kPer; ++k) {
+        const int64_t base = s + k * w;
+        const int64_t count = len - k * w < w ? len - k * w : w;  // < w only in a short block
+        for (int64_t j = 0; j < count; ++j) {
+          const uint8_t c = static_cast<uint8_t>((static_cast<uint32_t>(src[j]) >> (k * kBits)) & kMask);
+          out[base + j] = static_cast<scalar_t>(f(static_cast<opmath_t>(g[base + j]), c));
         }
-      }
-      for (int64_t k = 0; k < len; ++k) {
-        out[s + k] = static_cast<scalar_t>(f(static_cast<opmath_t>(g[s + k]), staged[k]));
       }
     }
   }
