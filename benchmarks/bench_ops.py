@@ -65,7 +65,9 @@ def parse_args(argv=None):
                    "element counts")
     p.add_argument("--passes", default=",".join(PASSES))
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--steps", type=int, default=3, help="staircase steps K (default 3: 2-bit)")
+    p.add_argument("--steps", type=int, default=3,
+                   help="staircase steps K (default 3, a 2-bit quantized ReLU; its saturated_hinge "
+                   "saves a 4-bit threshold count: K + 2 codes with NaN)")
     p.add_argument("--min-time", type=float, default=None,
                    help="CPU: seconds of timed calls per measurement (default 0.5, smoke 0.05)")
     p.add_argument("--dynamic", choices=("size", "true", "false"), default="size",

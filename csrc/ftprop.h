@@ -88,7 +88,8 @@ inline float host_tanh(float x) {
   const float a = c10::bit_cast<float>(bits & 0x7fffffffu);  // |x|, one AND
   const float e = host_exp_nonpositive(-2.0f * a);
   const float th = 1.0f - 2.0f * e / (1.0f + e);
-  return c10::bit_cast<float>(c10::bit_cast<uint32_t>(th) | (bits & 0x80000000u));
+  // A select, which GCC drops where only tanh^2 is used (all callers): tanh(-0) comes out +0.
+  return x < 0.0f ? -th : th;
 }
 inline double host_tanh(double x) { return std::tanh(x); }
 inline double host_exp(double x) { return std::exp(x); }
