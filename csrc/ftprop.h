@@ -245,8 +245,8 @@ C10_HOST_DEVICE inline T compact_code(T s, T levels_per_unit) {
 }
 
 template <typename T>
-C10_HOST_DEVICE inline T compact_decode(uint8_t code, T unit_per_level) {
-  return code == kCompactNan ? T(NAN) : static_cast<T>(code) * unit_per_level;
+C10_HOST_DEVICE inline T compact_decode(T code, T unit_per_level) {
+  return code == T(kCompactNan) ? T(NAN) : code * unit_per_level;
 }
 
 template <StepRule R, typename T>
@@ -267,13 +267,15 @@ C10_HOST_DEVICE inline T step_code(T z, bool zero_one, T levels_per_unit) {
 }
 
 template <StepRule R, typename T>
-C10_HOST_DEVICE inline T step_decode(uint8_t code, T t, T unit_per_level) {
+C10_HOST_DEVICE inline T step_decode(T code, T t, T unit_per_level) {
   if constexpr (R == StepRule::kSte) {
     return T(1);
   } else if constexpr (R == StepRule::kSste) {
-    return static_cast<T>(code);
+    return code;
   } else if constexpr (step_code_bits(R) == 2) {
-    return t < T(0) ? static_cast<T>(code & 1) : (t > T(0) ? static_cast<T>(code >> 1) : T(1));
+    const T bit1 = code >= T(2) ? T(1) : T(0);
+    const T bit0 = code - T(2) * bit1;
+    return t < T(0) ? bit0 : (t > T(0) ? bit1 : T(1));
   } else {
     return compact_decode(code, unit_per_level);
   }
@@ -396,15 +398,15 @@ C10_HOST_DEVICE inline T stair_code(T z, const Stair<T>& p, T levels_per_unit) {
 }
 
 template <StairRule R, typename T>
-C10_HOST_DEVICE inline T stair_decode(uint8_t code, const Stair<T>& p, T unit_per_level) {
+C10_HOST_DEVICE inline T stair_decode(T code, const Stair<T>& p, T unit_per_level) {
   if constexpr (R == StairRule::kSte) {
     return T(1);
   } else if constexpr (R == StairRule::kSoftHinge) {
     return compact_decode(code, unit_per_level);
   } else if constexpr (R == StairRule::kSste) {
-    return static_cast<T>(code);
+    return code;
   } else {
-    return static_cast<T>(code) == p.steps + T(1) ? T(NAN) : static_cast<T>(code);
+    return code == p.steps + T(1) ? T(NAN) : code;
   }
 }
 
@@ -455,9 +457,13 @@ template <StepRule R, bool kWeighted, typename T>
 struct StepDecodeOp {
   T batch;
   T unit_per_level;
-  C10_HOST_DEVICE T operator()(T g, uint8_t code) const {
+  // The code as a value of T (the CPU loops stage codes that way) or as its byte (CUDA).
+  C10_HOST_DEVICE T operator()(T g, T code) const {
     const T t = target(g);
     return step_grad<R, kWeighted>(g, t, step_decode<R>(code, t, unit_per_level), batch);
+  }
+  C10_HOST_DEVICE T operator()(T g, uint8_t code) const {
+    return (*this)(g, static_cast<T>(code));
   }
 };
 
@@ -474,8 +480,11 @@ template <StairRule R, bool kWeighted, typename T>
 struct StairDecodeOp {
   Stair<T> p;
   T unit_per_level;
-  C10_HOST_DEVICE T operator()(T g, uint8_t code) const {
+  C10_HOST_DEVICE T operator()(T g, T code) const {
     return stair_grad<R, kWeighted>(g, stair_decode<R>(code, p, unit_per_level), p);
+  }
+  C10_HOST_DEVICE T operator()(T g, uint8_t code) const {
+    return (*this)(g, static_cast<T>(code));
   }
 };
 
@@ -484,7 +493,7 @@ template <typename F>
 struct WithoutCode {
   F f;
   template <typename T>
-  C10_HOST_DEVICE T operator()(T g) const { return f(g, uint8_t(0)); }
+  C10_HOST_DEVICE T operator()(T g) const { return f(g, T(0)); }
 };
 
 }  // namespace ftprop

@@ -148,17 +148,18 @@ struct Body {
     const F f = f_ref;  // a local copy: its fields become loop invariants, not aliased loads
     constexpr int kPer = 8 / kBits;
     constexpr uint32_t kMask = (1u << kBits) - 1u;
+    opmath_t staged[kBlock];  // the block's codes as opmath values, as in encode
     for (int64_t s = b; s < e; s += kBlock) {
       const int64_t len = e - s < kBlock ? e - s : kBlock;
       const int64_t w = (len + kPer - 1) / kPer;
       const uint8_t* src = code + s / kPer;
-      for (int k = 0; k < kPer; ++k) {
-        const int64_t base = s + k * w;
-        const int64_t count = len - k * w < w ? len - k * w : w;  // < w only in a short block
-        for (int64_t j = 0; j < count; ++j) {
-          const uint8_t c = static_cast<uint8_t>((static_cast<uint32_t>(src[j]) >> (k * kBits)) & kMask);
-          out[base + j] = static_cast<scalar_t>(f(static_cast<opmath_t>(g[base + j]), c));
+      for (int k = 0; k < kPer; ++k) {  // fills w * kPer >= len entries; the padding is unused
+        for (int64_t j = 0; j < w; ++j) {
+          staged[k * w + j] = static_cast<opmath_t>((uint32_t{src[j]} >> (k * kBits)) & kMask);
         }
+      }
+      for (int64_t k = 0; k < len; ++k) {
+        out[s + k] = static_cast<scalar_t>(f(static_cast<opmath_t>(g[s + k]), staged[k]));
       }
     }
   }
