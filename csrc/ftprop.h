@@ -55,7 +55,9 @@ inline float host_exp_reduced(float xc, int32_t* k) {
   const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln 2)
   const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
   const float r2 = r * r;
-  const float q = (4.99992430e-1f + r * 1.66671112e-1f) + r2 * (4.18890193e-2f + r * 8.31286050e-3f);
+  const float lo = 4.99992430e-1f + r * 1.66671112e-1f;
+  const float hi = 4.18890193e-2f + r * 8.31286050e-3f;
+  const float q = lo + r2 * hi;
   *k = static_cast<int32_t>(n);
   return (1.0f + r) + r2 * q;
 }
@@ -172,7 +174,7 @@ C10_HOST_DEVICE inline T step_slope(T z, T t, bool zero_one) {
     return T(1) - th * th;
   } else if constexpr (R == StepRule::kSaturatedHinge) {
     const T tz = t * z;
-    return (tz > T(-1) && tz <= T(1)) ? T(1) : T(0);
+    return ((tz > T(-1)) & (tz <= T(1))) ? T(1) : T(0);
   } else if constexpr (R == StepRule::kHinge) {
     return (t * z <= T(1)) ? T(1) : T(0);
   } else if constexpr (R == StepRule::kPerceptron) {
@@ -256,7 +258,9 @@ C10_HOST_DEVICE inline T step_code(T z, bool zero_one, T levels_per_unit) {
   } else if constexpr (R == StepRule::kSste) {
     return step_slope<R>(z, T(0), zero_one) != T(0) ? T(1) : T(0);
   } else if constexpr (R == StepRule::kSaturatedHinge) {
-    return ((z >= T(-1) && z < T(1)) ? T(1) : T(0)) + ((z > T(-1) && z <= T(1)) ? T(2) : T(0));
+    const T window_up = ((z >= T(-1)) & (z < T(1))) ? T(1) : T(0);   // t = -1
+    const T window_down = ((z > T(-1)) & (z <= T(1))) ? T(2) : T(0);  // t = +1
+    return window_up + window_down;
   } else if constexpr (R == StepRule::kHinge) {
     return (z >= T(-1) ? T(1) : T(0)) + (z <= T(1) ? T(2) : T(0));
   } else if constexpr (R == StepRule::kPerceptron) {
@@ -273,9 +277,11 @@ C10_HOST_DEVICE inline T step_decode(T code, T t, T unit_per_level) {
   } else if constexpr (R == StepRule::kSste) {
     return code;
   } else if constexpr (step_code_bits(R) == 2) {
+    // t = 0 takes bit 1 too: its slope does not matter (see above). One select, not two: GCC
+    // did not if-convert the nested form, which left this loop scalar (5x slower).
     const T bit1 = code >= T(2) ? T(1) : T(0);
     const T bit0 = code - T(2) * bit1;
-    return t < T(0) ? bit0 : (t > T(0) ? bit1 : T(1));
+    return t < T(0) ? bit0 : bit1;
   } else {
     return compact_decode(code, unit_per_level);
   }
@@ -338,7 +344,7 @@ C10_HOST_DEVICE inline T stair_quantity(T z, const Stair<T>& p) {
   if constexpr (R == StairRule::kSte) {
     return T(1);
   } else if constexpr (R == StairRule::kSste) {
-    return (u >= T(0) && u <= T(1)) ? T(1) : T(0);
+    return ((u >= T(0)) & (u <= T(1))) ? T(1) : T(0);
   } else if constexpr (R == StairRule::kSoftHinge) {
     const T th = tanh_(T(2) * u - T(1));
     return T(1) - th * th;
