@@ -278,7 +278,7 @@ C10_HOST_DEVICE inline T step_decode(T code, T t, T unit_per_level) {
     return code;
   } else if constexpr (step_code_bits(R) == 2) {
     // t = 0 takes bit 1 too: its slope does not matter (see above). One select, not two: GCC
-    // did not if-convert the nested form, which left this loop scalar (5x slower).
+    // did not if-convert the nested form, which left this loop scalar (about 7x slower).
     const T bit1 = code >= T(2) ? T(1) : T(0);
     const T bit0 = code - T(2) * bit1;
     return t < T(0) ? bit0 : bit1;
