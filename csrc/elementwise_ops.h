@@ -3,9 +3,10 @@
 // (cpu/loops.h, cuda/launch.cuh), where f maps op-math values:
 //   empty(like)                                   an uninitialised output shaped like `like`
 //   map1(in, out, n, f), map2(a, b, out, n, f)    out[i] = f(in[i]) / f(a[i], b[i])
-//   encode<kBits>(in, out, code, n, f)            out[i] = f(in[i]), code |= f.encode(in[i])
-//   decode<kBits>(g, code, out, n, f)             out[i] = f(g[i], code of element i)
-// with kBits-bit codes packed into bytes, element i in bits (i % (8/kBits)) * kBits.
+//   encode<kBits>(in, out, code, n, f)            out[i] = f(in[i]), element i's code f.code(in[i])
+//   decode<kBits>(g, code, out, n, f)             out[i] = f(g[i], element i's code as a value)
+// with kBits-bit codes packed into ceil(n * kBits / 8) bytes in a layout of each device's own
+// (CUDA: consecutive elements share a byte; CPU: planar within blocks, see cpu/loops.h).
 #pragma once
 
 #include <ATen/Dispatch.h>

@@ -51,22 +51,21 @@ constexpr bool is_estimator(StairRule r) {
 // polynomial is as short as that allows and evaluated in two independent halves (the loop is
 // bound by the latency of this chain, not by the number of operations alone).
 // Double precision and the GPU use the library functions.
-inline float host_exp_reduced(float xc, int32_t* k) {
+// exp(xc) for xc in [-87, 88] (NaN carried through); the callers clamp and handle the ends.
+inline float host_exp_clamped(float xc) {
   const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln 2)
   const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
   const float r2 = r * r;
   const float lo = 4.99992430e-1f + r * 1.66671112e-1f;
   const float hi = 4.18890193e-2f + r * 8.31286050e-3f;
   const float q = lo + r2 * hi;
-  *k = static_cast<int32_t>(n);
-  return (1.0f + r) + r2 * q;
+  const float p = (1.0f + r) + r2 * q;
+  return p * c10::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);  // p * 2^n
 }
 
 inline float host_exp(float x) {
   const float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  int32_t k;
-  const float p = host_exp_reduced(xc, &k);
-  float result = p * c10::bit_cast<float>((k + 127) << 23);
+  float result = host_exp_clamped(xc);
   result = x < -87.0f ? 0.0f : result;
   result = x > 88.0f ? INFINITY : result;
   return x != x ? x : result;
@@ -74,10 +73,7 @@ inline float host_exp(float x) {
 
 // exp(x) for x <= 0 (or NaN, which the arithmetic carries through): no overflow side to clamp.
 inline float host_exp_nonpositive(float x) {
-  const float xc = x < -87.0f ? -87.0f : x;
-  int32_t k;
-  const float p = host_exp_reduced(xc, &k);
-  const float result = p * c10::bit_cast<float>((k + 127) << 23);
+  const float result = host_exp_clamped(x < -87.0f ? -87.0f : x);
   return x < -87.0f ? 0.0f : result;
 }
 
@@ -231,9 +227,9 @@ constexpr double step_slope_max(StepRule r) {
 constexpr uint8_t kCompactNan = 255;
 constexpr double kCompactLevels = 254.0;
 
-// Codes are computed as values of T that truncate to the code (exact small integers for the
-// interval rules): the CPU loops keep a whole block in one element width that way and convert
-// when packing, which lets them vectorise; code_byte() is the conversion.
+// Codes are computed and consumed as values of T that truncate to the code (exact small integers
+// for the interval rules): the CPU loops keep a whole block in one element width that way, which
+// lets them vectorise; the loops convert to and from the packed bytes (code_byte()).
 template <typename T>
 C10_HOST_DEVICE inline uint8_t code_byte(T c) {
   return static_cast<uint8_t>(static_cast<int32_t>(c));
@@ -456,20 +452,15 @@ struct StepEncodeOp {
   T levels_per_unit;
   C10_HOST_DEVICE T operator()(T z) const { return step_forward(z, zero_one); }
   C10_HOST_DEVICE T code(T z) const { return step_code<R>(z, zero_one, levels_per_unit); }
-  C10_HOST_DEVICE uint8_t encode(T z) const { return code_byte(code(z)); }
 };
 
 template <StepRule R, bool kWeighted, typename T>
 struct StepDecodeOp {
   T batch;
   T unit_per_level;
-  // The code as a value of T (the CPU loops stage codes that way) or as its byte (CUDA).
   C10_HOST_DEVICE T operator()(T g, T code) const {
     const T t = target(g);
     return step_grad<R, kWeighted>(g, t, step_decode<R>(code, t, unit_per_level), batch);
-  }
-  C10_HOST_DEVICE T operator()(T g, uint8_t code) const {
-    return (*this)(g, static_cast<T>(code));
   }
 };
 
@@ -479,7 +470,6 @@ struct StairEncodeOp {
   T levels_per_unit;
   C10_HOST_DEVICE T operator()(T z) const { return staircase_forward(z, p); }
   C10_HOST_DEVICE T code(T z) const { return stair_code<R>(z, p, levels_per_unit); }
-  C10_HOST_DEVICE uint8_t encode(T z) const { return code_byte(code(z)); }
 };
 
 template <StairRule R, bool kWeighted, typename T>
@@ -488,9 +478,6 @@ struct StairDecodeOp {
   T unit_per_level;
   C10_HOST_DEVICE T operator()(T g, T code) const {
     return stair_grad<R, kWeighted>(g, stair_decode<R>(code, p, unit_per_level), p);
-  }
-  C10_HOST_DEVICE T operator()(T g, uint8_t code) const {
-    return (*this)(g, static_cast<T>(code));
   }
 };
 

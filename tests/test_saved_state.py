@@ -10,7 +10,7 @@ from ftprop_cuda import _ops
 from ftprop_cuda import reference as ref
 
 from conftest import cpu_and_cuda
-from helpers import assert_backward_close
+from helpers import SLOPE_MAX, assert_backward_close
 
 
 def _saved_bytes(fn, z):
@@ -88,7 +88,7 @@ def test_compact_code_error_bound(rule, grad_scale, dtype, device):
     y = ftprop_cuda.step(zr, rule, grad_scale=grad_scale, backend="kernel", save="compact")
     (dz,) = torch.autograd.grad(y, zr, g)
     exact = ref.step_backward(g.double(), z.double(), rule, "pm1", grad_scale)
-    s_max = {"sigmoid": 0.5, "lecun_tanh": 1.7519 * 2 / 3}.get(rule, 1.0)
+    s_max = SLOPE_MAX[rule]
     scale = g.double().abs() if (grad_scale or rule == "ramp") else 1.0 / z.shape[0]
     bound = scale * s_max / 508 + torch.finfo(dtype).eps * exact.abs() + 1e-7
     err = (dz.double() - exact).abs()

@@ -73,7 +73,7 @@ __global__ void encode_kernel(const scalar_t* __restrict__ in, scalar_t* __restr
       if (i < n) {
         const opmath_t v = static_cast<opmath_t>(in[i]);
         out[i] = static_cast<scalar_t>(f(v));
-        byte |= static_cast<uint8_t>(f.encode(v) << (k * kBits));
+        byte |= static_cast<uint8_t>(code_byte(f.code(v)) << (k * kBits));
       }
     }
     code[j] = byte;
@@ -95,7 +95,7 @@ __global__ void decode_kernel(const scalar_t* __restrict__ g, const uint8_t* __r
     for (int k = 0; k < kPer; ++k) {
       const int64_t i = j * kPer + k;
       if (i < n) {
-        const uint8_t c = static_cast<uint8_t>((byte >> (k * kBits)) & kMask);
+        const auto c = static_cast<opmath_t>((byte >> (k * kBits)) & kMask);
         out[i] = static_cast<scalar_t>(f(static_cast<opmath_t>(g[i]), c));
       }
     }
