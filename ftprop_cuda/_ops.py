@@ -156,11 +156,17 @@ if LOADED:
         )
         return dz, None, None, None, None, None
 
+    # The code output never has a gradient; without set_materialize_grads(False) autograd would
+    # fill a zero tensor the size of the code for it on every backward (measured: 0.8 ms per call
+    # for sste at 2^24, more for the 8-bit compact codes).
     def _step_saved_setup_context(ctx, inputs, output):
         _, ctx.rule, ctx.zero_one, ctx.grad_scale = inputs
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(output[1])
 
     def _step_saved_backward(ctx, grad, _grad_state):
+        if grad is None:  # grads are not materialised (see above)
+            return None, None, None, None
         if step_code_bits(ctx.rule) == 0:  # ste: dz = g
             return grad, None, None, None
         (state,) = ctx.saved_tensors
@@ -171,9 +177,12 @@ if LOADED:
 
     def _staircase_saved_setup_context(ctx, inputs, output):
         _, ctx.steps, ctx.lo, ctx.hi, ctx.rule, ctx.grad_scale = inputs
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(output[1])
 
     def _staircase_saved_backward(ctx, grad, _grad_state):
+        if grad is None:
+            return None, None, None, None, None, None
         if ctx.rule == "ste":
             return grad, None, None, None, None, None
         (state,) = ctx.saved_tensors

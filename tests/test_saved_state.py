@@ -4,6 +4,7 @@ import weakref
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import ftprop_cuda
 from ftprop_cuda import _ops
@@ -71,6 +72,39 @@ def test_input_can_be_freed_with_a_packed_code(device):
     assert ref_z() is None
     y.sum().backward()
     assert lin.weight.grad is not None
+
+
+class _AtenOps(TorchDispatchMode):
+    """Records the aten ops that run under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func.overloadpacket.__name__))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("op", [
+    lambda z: ftprop_cuda.step(z, "sste"),
+    lambda z: ftprop_cuda.step(z, "soft_hinge", save="compact"),
+    lambda z: ftprop_cuda.staircase(z, 3, rule="saturated_hinge"),
+], ids=["sste", "soft_hinge_compact", "stair_sat3"])
+def test_backward_from_a_code_fills_nothing(op, device):
+    # The code output has no gradient: autograd must not build a zero tensor for it (it did, the
+    # size of the code, on every backward).
+    z = torch.randn(4096, device=device, requires_grad=True)
+    g = torch.randn(4096, device=device)
+    y = op(z)
+    with _AtenOps() as seen:
+        (dz,) = torch.autograd.grad(y, z, g)
+    assert not {"zeros", "zeros_like", "zero_", "fill_", "new_zeros"} & set(seen.names), seen.names
+    assert dz.shape == z.shape
+    # and an output that gets no gradient at all still works
+    y2 = op(z)
+    assert torch.autograd.grad(y2.sum() * 0 + z.sum(), z)[0].eq(1).all()
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
