@@ -21,7 +21,9 @@ measured with saved_tensors_hooks; S_new = the part that aliases neither z nor y
   fwd = 2e + S_new (read z, write y and the new saved state); bwd = 2e + S (read g and the saved
   state, write dz); fwdbwd = the sum. Effective bandwidth = bytes / median time, also given as a
   percentage of two copies measured in the same run: into an existing buffer (out.copy_(x)) and
-  into a fresh output (x.clone()), whose page faults dominate on some CPUs.
+  into a fresh output (x.clone()), whose page faults dominate on some CPUs. The headline also
+  divides the kernel's forward+backward by two fresh-output copies and by two fresh fills
+  (torch.empty_like(x).fill_(1), which read nothing): forward+backward writes two fresh outputs.
 """
 import argparse
 import math
@@ -206,6 +208,9 @@ class Copies:
                 t = common.time_fn(fn, self.device, self.min_time)["median_s"]
                 row[f"{name}_s"] = t
                 row[f"{name}_gbps"] = row["bytes"] / t / 1e9
+            # A fresh output written without reading anything: the issue's floor is two of these.
+            row["fresh_fill_s"] = common.time_fn(
+                lambda: torch.empty_like(x).fill_(1), self.device, self.min_time)["median_s"]
             self.rows[key] = row
             del x, out
         return self.rows[key]
@@ -323,12 +328,16 @@ def markdown(result, plot_rel=None):
     if result["failures"]:
         out += ["", "**FAILURES (not timed):**", ""] + [f"- {f}" for f in result["failures"]]
 
-    out += ["", "Yardsticks, measured in this run (GB/s counts read + write):", ""]
+    out += ["", "Yardsticks, measured in this run (GB/s counts read + write; a fresh fill is "
+            "`torch.empty_like(x).fill_(1)`, a new output that reads nothing):", ""]
     out.append(common.md_table(
-        ["dtype", "n", "copy into existing ms", "GB/s", "fresh-output copy ms", "GB/s"],
+        ["dtype", "n", "copy into existing ms", "GB/s", "fresh-output copy ms", "GB/s",
+         "fresh fill ms"],
         [[c["dtype"], common.size_label(c["n"]), common.fmt_ms(c["copy_s"]),
           common.fmt(c["copy_gbps"]), common.fmt_ms(c["fresh_copy_s"]),
-          common.fmt(c["fresh_copy_gbps"])] for c in copies]))
+          common.fmt(c["fresh_copy_gbps"]),
+          common.fmt_ms(c["fresh_fill_s"]) if "fresh_fill_s" in c else "–"] for c in copies]))
+    by_size = {(c["n"], c["dtype"]): c for c in copies}
 
     ok = {(_key(r), r["variant"]): r for r in rows if r["status"] == "ok"}
     variants = [v for v in VARIANTS if v in args["variants"]]
@@ -343,6 +352,9 @@ def markdown(result, plot_rel=None):
     headers += ["saved B/elem (" + "/".join(v.replace("_compiled", "+c") for v in variants) + ")"]
     if "kernel" in variants and "ref_compiled" in variants:
         headers.append("compiled ref / kernel")
+    floors = head_pass == "fwdbwd" and "kernel" in variants
+    if floors:  # forward+backward writes two fresh outputs: against two of each yardstick
+        headers += ["kernel / 2 fresh copies", "kernel / 2 fresh fills"]
     table = []
     keys = {_key(r) for r in rows if r["n"] == n_max and r["pass"] == head_pass}
     for key in sorted(keys, key=lambda k: (OPS.index(k[0]),) + k[1:]):
@@ -352,6 +364,10 @@ def markdown(result, plot_rel=None):
         if "kernel" in variants and "ref_compiled" in variants:
             a, b = ok.get((key, "ref_compiled")), ok.get((key, "kernel"))
             line.append(f"{a['median_s'] / b['median_s']:.2f}x" if a and b else "–")
+        if floors:
+            k, c = ok.get((key, "kernel")), by_size.get((n_max, key[2]), {})
+            for name in ("fresh_copy_s", "fresh_fill_s"):
+                line.append(f"{k['median_s'] / (2 * c[name]):.2f}x" if k and name in c else "–")
         table.append(line)
     out += ["", f"Headline: {PASS_LABEL[head_pass]} at n = {common.size_label(n_max)} "
             "(ratio > 1: the kernel is faster than the compiled reference):", "",

@@ -74,7 +74,9 @@ def test_bench_ops_smoke(smoke_runs):
         # at least a bit per element is kept for backward, at most z and y in float64
         assert 0.1 <= r["saved_bytes_per_elem"] <= 16, r
     assert data["copies"] and all(c["copy_gbps"] > 0 and c["fresh_copy_gbps"] > 0
+                                  and c["fresh_fill_s"] > 0
                                   for c in data["copies"])
+    assert "fresh fill ms" in md and "kernel / 2 fresh fills" in md
     doc = (out / "doc" / "performance.md").read_text()
     assert "<!-- BEGIN bench_ops cpu_smoke -->" in doc and "<!-- END bench_ops cpu_smoke -->" in doc
     assert (out / "doc" / "img" / "bench_ops_cpu_smoke.png").exists()
