@@ -208,23 +208,43 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def time_cpu(fn, min_run_time=0.5, setup=None, min_blocks=3, block_target=0.02):
+def time_cpu(fn, min_run_time=0.5, setup=None, min_blocks=5, block_target=0.02,
+             warmup_s=0.3, warmup_calls=(3, 20)):
     """Median seconds per call with torch.utils.benchmark.Timer on all torch threads.
 
+    Warm-up: at least warmup_calls[0] calls and warmup_s seconds (at most warmup_calls[1]
+    calls); the last call estimates the cost. The first calls with a new allocation pattern can
+    take 5-25x the steady time on the VMs measured here (first touch of memory that the host
+    reclaimed): with a single warm-up call, a headline median once came out 4.6x too slow.
     Without setup: fn() under Timer.blocked_autorange, with min_run_time raised so that at least
     min_blocks blocks run. With setup: each call is fn(setup()), setup untimed (used to time a
     backward on a fresh graph: compiled backwards with donated buffers refuse retain_graph);
     blocks of `number` calls repeat until min_run_time has passed and min_blocks ran.
     """
     threads = torch.get_num_threads()
-    t0 = time.perf_counter()
-    fn() if setup is None else fn(setup())  # warm-up, and a first estimate of the cost
-    est = max(time.perf_counter() - t0, 1e-7)
+    start, calls = time.perf_counter(), 0
+    while True:
+        arg = None if setup is None else setup()
+        t0 = time.perf_counter()
+        fn() if setup is None else fn(arg)
+        est = max(time.perf_counter() - t0, 1e-7)
+        calls += 1
+        if calls >= warmup_calls[1] or (
+                calls >= warmup_calls[0] and time.perf_counter() - start >= warmup_s):
+            break
+        del arg
     if setup is None:
+        # blocked_autorange picks its own block size (sometimes 10 calls of a 30 ms op, so that
+        # min_run_time held 2 blocks): repeat it until min_blocks blocks have run.
         timer = tbench.Timer("fn()", globals={"fn": fn}, num_threads=threads)
-        m = timer.blocked_autorange(min_run_time=max(min_run_time, (min_blocks + 0.3) * est))
-        return {"median_s": m.median, "iqr_s": m.iqr, "blocks": len(m.times),
-                "calls_per_block": m.number_per_run}
+        per_call, numbers = [], set()
+        while len(per_call) < min_blocks:
+            m = timer.blocked_autorange(min_run_time=max(min_run_time, (min_blocks + 0.3) * est))
+            per_call += m.times
+            numbers.add(m.number_per_run)
+        q = statistics.quantiles(per_call, n=4)
+        return {"median_s": statistics.median(per_call), "iqr_s": q[2] - q[0],
+                "blocks": len(per_call), "calls_per_block": max(numbers)}
     number = max(1, int(block_target / est))
     # Timer.timeit runs a warm-up of max(number // 100, 2) calls first: prepare for those too
     timer = tbench.Timer("fn(_q.pop())", setup="_q = [setup() for _ in range(_n)]",
