@@ -213,9 +213,9 @@ def time_cpu(fn, min_run_time=0.5, setup=None, min_blocks=5, block_target=0.02,
     """Median seconds per call with torch.utils.benchmark.Timer on all torch threads.
 
     Warm-up: at least warmup_calls[0] calls and warmup_s seconds (at most warmup_calls[1]
-    calls); the last call estimates the cost. The first calls with a new allocation pattern can
-    take 5-25x the steady time on the VMs measured here (first touch of memory that the host
-    reclaimed): with a single warm-up call, a headline median once came out 4.6x too slow.
+    calls); the last call estimates the cost. On the 2-core VM the first calls of a 64 MB
+    forward+backward took 841, 144 and 59 ms before settling near 35 ms, so a single warm-up
+    call both misjudged the cost and left the stall inside the timed blocks.
     Without setup: fn() under Timer.blocked_autorange, with min_run_time raised so that at least
     min_blocks blocks run. With setup: each call is fn(setup()), setup untimed (used to time a
     backward on a fresh graph: compiled backwards with donated buffers refuse retain_graph);
