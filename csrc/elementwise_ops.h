@@ -1,12 +1,15 @@
 // Host side of the ops, shared by every device: argument checks, contiguity, empty-tensor early
 // return, dtype and rule dispatch. `Loops` supplies the device's memory and elementwise loops
-// (cpu/loops.h, cuda/launch.cuh), where f maps op-math values:
+// (cpu/loops.h, cuda/launch.cuh, and csrc/emu/ for the host emulation of the CUDA kernels), where
+// f maps op-math values:
+//   guard(t)                                      the device guard of t's device (a no-op on the
+//                                                 CPU), built once the checks have passed
 //   empty(like)                                   an uninitialised output shaped like `like`
 //   map1(in, out, n, f), map2(a, b, out, n, f)    out[i] = f(in[i]) / f(a[i], b[i])
 //   encode<kBits>(in, out, code, n, f)            out[i] = f(in[i]), element i's code f.code(in[i])
 //   decode<kBits>(g, code, out, n, f)             out[i] = f(g[i], element i's code as a value)
-// with kBits-bit codes packed into ceil(n * kBits / 8) bytes in a layout of each device's own
-// (CUDA: consecutive elements share a byte; CPU: planar within blocks, see cpu/loops.h).
+// with kBits-bit codes packed into ceil(n * kBits / 8) bytes in one layout on every device
+// (planar within blocks of 512 elements, see cpu/loops.h), so a code decodes the same anywhere.
 #pragma once
 
 #include <ATen/Dispatch.h>
@@ -26,6 +29,7 @@ template <class Loops>
 at::Tensor step_forward_impl(const at::Tensor& z, c10::string_view rule, bool zero_one) {
   check_float_tensor(z, "z");
   parse_step_rule(rule);  // validates; the forward itself is the same for every rule
+  [[maybe_unused]] const auto guard = Loops::guard(z);
   const at::Tensor zc = z.contiguous();
   at::Tensor y = Loops::empty(zc);
   if (zc.numel() == 0) {
@@ -45,6 +49,7 @@ at::Tensor step_backward_impl(const at::Tensor& grad, const at::Tensor& z, c10::
   check_float_tensor(z, "z");
   check_same(grad, z);
   const StepRule r = parse_step_rule(rule);
+  [[maybe_unused]] const auto guard = Loops::guard(z);
   const at::Tensor gc = grad.contiguous();
   const at::Tensor zc = z.contiguous();
   at::Tensor dz = Loops::empty(zc);
@@ -74,6 +79,7 @@ at::Tensor staircase_forward_impl(const at::Tensor& z, int64_t steps, double lo,
   check_float_tensor(z, "z");
   check_stair_args(steps, lo, hi);
   parse_stair_rule(rule);
+  [[maybe_unused]] const auto guard = Loops::guard(z);
   const at::Tensor zc = z.contiguous();
   at::Tensor y = Loops::empty(zc);
   if (zc.numel() == 0) {
@@ -94,6 +100,7 @@ at::Tensor staircase_backward_impl(const at::Tensor& grad, const at::Tensor& z, 
   check_same(grad, z);
   check_stair_args(steps, lo, hi);
   const StairRule r = parse_stair_rule(rule);
+  [[maybe_unused]] const auto guard = Loops::guard(z);
   const at::Tensor gc = grad.contiguous();
   const at::Tensor zc = z.contiguous();
   at::Tensor dz = Loops::empty(zc);
@@ -149,6 +156,7 @@ std::tuple<at::Tensor, at::Tensor> step_saved_impl(const at::Tensor& z, c10::str
                                                    bool zero_one) {
   check_float_tensor(z, "z");
   const StepRule r = parse_step_rule(rule);
+  [[maybe_unused]] const auto guard = Loops::guard(z);
   const at::Tensor zc = z.contiguous();
   const int64_t n = zc.numel();
   at::Tensor y = Loops::empty(zc);
@@ -178,6 +186,7 @@ at::Tensor step_backward_saved_impl(const at::Tensor& grad, const at::Tensor& co
   const at::Tensor gc = grad.contiguous();
   const int64_t n = gc.numel();
   check_code(code, n, step_code_bits(r), grad);
+  [[maybe_unused]] const auto guard = Loops::guard(grad);
   at::Tensor dz = Loops::empty(gc);
   if (n == 0) {
     return dz;
@@ -227,6 +236,7 @@ std::tuple<at::Tensor, at::Tensor> staircase_saved_impl(const at::Tensor& z, int
   const int bits = stair_code_bits(r, steps);
   TORCH_CHECK_VALUE(bits >= 0, "ftprop_cuda staircase: no saved-state code for rule '", rule,
                     "' with steps=", steps, "; save z instead");
+  [[maybe_unused]] const auto guard = Loops::guard(z);
   const at::Tensor zc = z.contiguous();
   const int64_t n = zc.numel();
   at::Tensor y = Loops::empty(zc);
@@ -263,6 +273,7 @@ at::Tensor staircase_backward_saved_impl(const at::Tensor& grad, const at::Tenso
   const at::Tensor gc = grad.contiguous();
   const int64_t n = gc.numel();
   check_code(code, n, bits, grad);
+  [[maybe_unused]] const auto guard = Loops::guard(grad);
   at::Tensor dz = Loops::empty(gc);
   if (n == 0) {
     return dz;

@@ -92,7 +92,7 @@ struct Body {
     }
   }
 
-  // Code layout on the CPU (internal to the saved state; the CUDA kernels use their own): the
+  // Code layout of the saved state, the same on every device (cuda/kernels.h packs it too): the
   // tensor is cut in blocks of kBlock elements, the last one possibly shorter. A block of len
   // elements takes W = ceil(len / kPer) code bytes, and its element j + k W (j < W, k < kPer)
   // sits at bits [k kBits, (k + 1) kBits) of byte j. Packing and unpacking then read and write
@@ -228,6 +228,10 @@ FTPROP_TARGET_AVX512 void decode_avx512(const scalar_t* g, const uint8_t* code, 
 }
 
 struct Loops {
+  // The CPU has no current device to select: elementwise_ops.h's guard is a no-op here.
+  struct Guard {};
+  static Guard guard(const at::Tensor&) { return {}; }
+
   // An uninitialised tensor shaped like `like`, on 2 MB pages when large (Linux, best effort).
   static at::Tensor empty(const at::Tensor& like) {
     at::Tensor out = at::empty(like.sizes(), like.options());

@@ -1,5 +1,4 @@
 // CUDA kernels of the staircase unit (quantized ReLU): forward and fused surrogate backward.
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "../elementwise_ops.h"
@@ -11,27 +10,23 @@ namespace {
 
 at::Tensor staircase_cuda(const at::Tensor& z, int64_t steps, double lo, double hi,
                           c10::string_view rule, bool grad_scale) {
-  const c10::cuda::CUDAGuard guard(z.device());
   return staircase_forward_impl<Loops>(z, steps, lo, hi, rule);
 }
 
 at::Tensor staircase_backward_cuda(const at::Tensor& grad, const at::Tensor& z, int64_t steps,
                                    double lo, double hi, c10::string_view rule, bool grad_scale) {
-  const c10::cuda::CUDAGuard guard(z.device());
   return staircase_backward_impl<Loops>(grad, z, steps, lo, hi, rule, grad_scale);
 }
 
 std::tuple<at::Tensor, at::Tensor> staircase_saved_cuda(const at::Tensor& z, int64_t steps,
                                                        double lo, double hi,
                                                        c10::string_view rule, bool grad_scale) {
-  const c10::cuda::CUDAGuard guard(z.device());
   return staircase_saved_impl<Loops>(z, steps, lo, hi, rule);
 }
 
 at::Tensor staircase_backward_saved_cuda(const at::Tensor& grad, const at::Tensor& state,
                                         int64_t steps, double lo, double hi,
                                         c10::string_view rule, bool grad_scale) {
-  const c10::cuda::CUDAGuard guard(grad.device());
   return staircase_backward_saved_impl<Loops>(grad, state, steps, lo, hi, rule, grad_scale);
 }
 

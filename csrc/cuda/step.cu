@@ -1,5 +1,4 @@
 // CUDA kernels of the step unit: the threshold forward and the fused surrogate backward.
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "../elementwise_ops.h"
@@ -10,25 +9,21 @@ namespace cuda {
 namespace {
 
 at::Tensor step_cuda(const at::Tensor& z, c10::string_view rule, bool zero_one, bool grad_scale) {
-  const c10::cuda::CUDAGuard guard(z.device());
   return step_forward_impl<Loops>(z, rule, zero_one);
 }
 
 at::Tensor step_backward_cuda(const at::Tensor& grad, const at::Tensor& z, c10::string_view rule,
                               bool zero_one, bool grad_scale) {
-  const c10::cuda::CUDAGuard guard(z.device());
   return step_backward_impl<Loops>(grad, z, rule, zero_one, grad_scale);
 }
 
 std::tuple<at::Tensor, at::Tensor> step_saved_cuda(const at::Tensor& z, c10::string_view rule,
                                                   bool zero_one, bool grad_scale) {
-  const c10::cuda::CUDAGuard guard(z.device());
   return step_saved_impl<Loops>(z, rule, zero_one);
 }
 
 at::Tensor step_backward_saved_cuda(const at::Tensor& grad, const at::Tensor& state,
                                    c10::string_view rule, bool zero_one, bool grad_scale) {
-  const c10::cuda::CUDAGuard guard(grad.device());
   return step_backward_saved_impl<Loops>(grad, state, rule, zero_one, grad_scale);
 }
 
