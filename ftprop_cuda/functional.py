@@ -25,14 +25,26 @@ def check_bool(name, value):
 
 
 _REAL = (numbers.Real, torch.SymFloat, torch.SymInt)
+# The largest step count: K and the counts c(u) in 0..K must be exact in float32, the op-math
+# type of the half types and of float32.
+MAX_STEPS = 2**24
+
+
+def _short(value):
+    """repr(value), cut in the middle when it is long (an integer like 10**400)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...{text[-8:]} ({len(text)} characters)"
 
 
 def check_staircase_args(steps, lo, hi):
     """Validates steps, lo, hi; returns (steps, float(lo), float(hi))."""
     if isinstance(steps, bool) or not isinstance(steps, (numbers.Integral, torch.SymInt)):
         raise TypeError(f"steps must be an integer >= 2; got {steps!r} ({type(steps).__name__})")
-    if steps < 2:
-        raise ValueError(f"steps must be an integer >= 2; got {steps}")
+    if not 2 <= steps <= MAX_STEPS:
+        raise ValueError(
+            f"steps must be an integer >= 2 and <= 2**24 = {MAX_STEPS} (the largest count exact "
+            f"in float32); got {_short(steps)}"
+        )
     bounds = []
     for name, value in (("lo", lo), ("hi", hi)):
         if isinstance(value, bool) or not isinstance(value, _REAL):
@@ -41,16 +53,67 @@ def check_staircase_args(steps, lo, hi):
         # argument arrives as a symbolic float, which math.isfinite cannot take
         if not -math.inf < value < math.inf:
             raise ValueError(f"{name} must be a finite real number; got {value!r}")
-        bounds.append(float(value) + 0.0)  # + 0.0 turns -0.0 into 0.0: one zero, one result
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond the float64 range
+            raise ValueError(
+                f"{name} must be a finite real number within the float64 range; got {_short(value)}"
+            ) from None
+        bounds.append(value + 0.0)  # + 0.0 turns -0.0 into 0.0: one zero, one result
     lo, hi = bounds
     if not lo < hi:
         raise ValueError(f"lo must be smaller than hi; got lo={lo!r}, hi={hi!r}")
     return int(steps), lo, hi
 
 
+def _overflow_bound(dtype):
+    """The smallest magnitude that rounds to infinity in dtype (max + half its last step)."""
+    info = torch.finfo(dtype)
+    return math.ldexp(2.0 - info.eps / 2, math.frexp(info.max)[1] - 1)
+
+
+# float64 is left out: a Python float is float64, so a finite one is finite there.
+_OVERFLOW = {dtype: _overflow_bound(dtype) for dtype in (torch.float16, torch.bfloat16,
+                                                         torch.float32)}
+
+
+def check_staircase_range(z, steps, lo, hi):
+    """Bounds whose arithmetic overflows z's dtype would give infinite or NaN outputs.
+
+    lo and hi must be finite in z's dtype (they are output levels) and hi - lo, B (hi - lo) and
+    K B (hi - lo) finite in its op-math dtype (float32 for the half types and float32, float64
+    for float64), the widths the forward and the unweighted backward divide by. Only Python
+    numbers are compared, so this runs under torch.compile (and symbolically with dynamic shapes).
+    """
+    limit = _OVERFLOW.get(z.dtype)
+    if limit is not None:
+        for name, value in (("lo", lo), ("hi", hi)):
+            if not -limit < value < limit:
+                raise ValueError(
+                    f"{name} must be finite in z's dtype {z.dtype} (largest finite value "
+                    f"{torch.finfo(z.dtype).max:g}); got lo={lo!r}, hi={hi!r}"
+                )
+    op = reference.opmath_dtype(z.dtype)
+    limit = _OVERFLOW.get(op, math.inf)
+    batch = reference.batch_size(z)
+    for what, value in (("hi - lo", hi - lo), ("B * (hi - lo)", batch * (hi - lo)),
+                        ("K * B * (hi - lo)", steps * batch * (hi - lo))):
+        if not value < limit:
+            raise ValueError(
+                f"lo and hi are too far apart for z's dtype {z.dtype}: {what} (K = steps = "
+                f"{steps}, B = z.shape[0] = {batch}) overflows {op}, the dtype its arithmetic "
+                f"runs in; got lo={lo!r}, hi={hi!r}"
+            )
+
+
 def _check_input(z):
     if not isinstance(z, torch.Tensor):
         raise TypeError(f"z must be a torch.Tensor; got {type(z).__name__}")
+    if z.layout != torch.strided:
+        raise TypeError(
+            f"z must be a dense tensor (layout torch.strided); got layout {z.layout}: "
+            "call .to_dense() first"
+        )
     if z.dtype not in DTYPES:
         raise TypeError(
             f"z must be a floating-point tensor (float16, bfloat16, float32 or float64); "
@@ -117,6 +180,7 @@ def staircase(z, steps=3, lo=0.0, hi=1.0, rule="soft_hinge", grad_scale=True, ba
     """
     _check_input(z)
     steps, lo, hi = check_staircase_args(steps, lo, hi)
+    check_staircase_range(z, steps, lo, hi)
     check_choice("rule", rule, STAIRCASE_RULES)
     check_bool("grad_scale", grad_scale)
     check_choice("save", save, SAVE_MODES)
