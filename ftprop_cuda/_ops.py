@@ -213,6 +213,8 @@ if LOADED:
     class _StepBackward(torch.autograd.Function):
         """The z-saving step's kernel backward with its derivatives (used under create_graph)."""
 
+        generate_vmap_rule = True
+
         @staticmethod
         def forward(grad, z, rule, zero_one, grad_scale):
             return torch.ops.ftprop_cuda._step_backward(grad, z, rule, zero_one, grad_scale)
@@ -230,6 +232,8 @@ if LOADED:
 
     class _StaircaseBackward(torch.autograd.Function):
         """The z-saving staircase's kernel backward with its derivatives."""
+
+        generate_vmap_rule = True
 
         @staticmethod
         def forward(grad, z, steps, lo, hi, rule, grad_scale):
@@ -249,6 +253,8 @@ if LOADED:
 
     class _StepBackwardSaved(torch.autograd.Function):
         """The saved-code step backward (interval rules: s' = 0) with its derivative in g."""
+
+        generate_vmap_rule = True
 
         @staticmethod
         def forward(grad, state, rule, zero_one, grad_scale):
@@ -273,6 +279,8 @@ if LOADED:
 
     class _StaircaseBackwardSaved(torch.autograd.Function):
         """The saved-code staircase backward (sste, saturated_hinge) with its derivative in g."""
+
+        generate_vmap_rule = True
 
         @staticmethod
         def forward(grad, state, steps, lo, hi, rule, grad_scale):
@@ -378,6 +386,69 @@ if LOADED:
         else:
             dz = _StaircaseBackwardSaved.apply(*args)
         return dz, None, None, None, None, None
+
+    # torch.func transforms refuse the autograd.Function that register_autograd generates (it has
+    # no setup_context), so under a transform the kernels run through these Functions instead,
+    # with the same setup_context and backward; vmap over the ops uses torch's per-slice fallback.
+    class _FuncStep(torch.autograd.Function):
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(z, rule, zero_one, grad_scale, save_code):
+            if save_code:
+                return torch.ops.ftprop_cuda._step_saved(z, rule, zero_one, grad_scale)
+            return torch.ops.ftprop_cuda.step(z, rule, zero_one, grad_scale)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_code = inputs[-1]
+            if ctx.save_code:
+                ctx.mark_non_differentiable(output[1])
+                _step_saved_setup_context(ctx, inputs[:-1], output)
+            else:
+                _step_setup_context(ctx, inputs[:-1], output)
+
+        @staticmethod
+        def backward(ctx, grad, *_grad_state):
+            if ctx.save_code:
+                return *_step_saved_backward(ctx, grad, None), None
+            return *_step_backward(ctx, grad), None
+
+    class _FuncStaircase(torch.autograd.Function):
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(z, steps, lo, hi, rule, grad_scale, save_code):
+            if save_code:
+                return torch.ops.ftprop_cuda._staircase_saved(z, steps, lo, hi, rule, grad_scale)
+            return torch.ops.ftprop_cuda.staircase(z, steps, lo, hi, rule, grad_scale)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_code = inputs[-1]
+            if ctx.save_code:
+                ctx.mark_non_differentiable(output[1])
+                _staircase_saved_setup_context(ctx, inputs[:-1], output)
+            else:
+                _staircase_setup_context(ctx, inputs[:-1], output)
+
+        @staticmethod
+        def backward(ctx, grad, *_grad_state):
+            if ctx.save_code:
+                return *_staircase_saved_backward(ctx, grad, None), None
+            return *_staircase_backward(ctx, grad), None
+
+    def transforms_active():
+        """Whether a torch.func transform (grad, vjp, jacrev, vmap, ...) is running."""
+        return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+
+    def step_under_transform(z, rule, zero_one, grad_scale, save_code):
+        out = _FuncStep.apply(z, rule, zero_one, grad_scale, save_code)
+        return out[0] if save_code else out
+
+    def staircase_under_transform(z, steps, lo, hi, rule, grad_scale, save_code):
+        out = _FuncStaircase.apply(z, steps, lo, hi, rule, grad_scale, save_code)
+        return out[0] if save_code else out
 
     torch.library.register_autograd(
         "ftprop_cuda::step", _step_backward, setup_context=_step_setup_context

@@ -163,7 +163,10 @@ def step(z, rule="soft_hinge", values="pm1", grad_scale=True, backend="auto", sa
     check_choice("save", save, SAVE_MODES)
     if _use_kernel(z, backend):
         zero_one = values == "01"
-        if _needs_grad(z) and _ops.step_saves_code(rule, save):
+        save_code = _needs_grad(z) and _ops.step_saves_code(rule, save)
+        if _ops.transforms_active():
+            return _ops.step_under_transform(z, rule, zero_one, grad_scale, save_code)
+        if save_code:
             return torch.ops.ftprop_cuda._step_saved(z, rule, zero_one, grad_scale)[0]
         return torch.ops.ftprop_cuda.step(z, rule, zero_one, grad_scale)
     return reference.step(z, rule, values, grad_scale)
@@ -185,7 +188,10 @@ def staircase(z, steps=3, lo=0.0, hi=1.0, rule="soft_hinge", grad_scale=True, ba
     check_bool("grad_scale", grad_scale)
     check_choice("save", save, SAVE_MODES)
     if _use_kernel(z, backend):
-        if _needs_grad(z) and _ops.staircase_saves_code(rule, steps, save):
+        save_code = _needs_grad(z) and _ops.staircase_saves_code(rule, steps, save)
+        if _ops.transforms_active():
+            return _ops.staircase_under_transform(z, steps, lo, hi, rule, grad_scale, save_code)
+        if save_code:
             return torch.ops.ftprop_cuda._staircase_saved(z, steps, lo, hi, rule, grad_scale)[0]
         return torch.ops.ftprop_cuda.staircase(z, steps, lo, hi, rule, grad_scale)
     return reference.staircase(z, steps, lo, hi, rule, grad_scale)

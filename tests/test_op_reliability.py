@@ -230,3 +230,61 @@ def test_bounds_at_the_limits_still_work(backend):
         assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
         ref = ftprop_cuda.staircase(x.detach(), backend="reference", **kwargs)
         assert torch.equal(y.detach(), ref)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.func transforms through the kernels (the ops have no batching rule: vmap runs torch's
+# per-slice fallback, which warns about its speed).
+# ---------------------------------------------------------------------------------------------
+FUNC_UNITS = [
+    ("step", "soft_hinge", True, "auto"), ("step", "sigmoid", False, "z"),
+    ("step", "hinge", False, "auto"), ("step", "sste", True, "auto"), ("step", "ste", True, "auto"),
+    ("staircase", "soft_hinge", False, "auto"), ("staircase", "saturated_hinge", True, "auto"),
+    ("staircase", "sste", True, "compact"),
+]
+
+
+def _unit(kind, rule, grad_scale, save, backend):
+    if kind == "step":
+        return lambda x: ftprop_cuda.step(x, rule, "pm1", grad_scale, backend=backend, save=save)
+    return lambda x: ftprop_cuda.staircase(x, 4, -1.0, 1.0, rule, grad_scale, backend=backend,
+                                           save=save)
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")
+@pytest.mark.parametrize("kind,rule,grad_scale,save", FUNC_UNITS,
+                         ids=["-".join(map(str, u)) for u in FUNC_UNITS])
+def test_torch_func_transforms_through_the_kernel(kind, rule, grad_scale, save):
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(5, 6, generator=gen, dtype=torch.float64) * 1.5
+    w = torch.randn(5, 6, generator=gen, dtype=torch.float64)
+    results = {}
+    for backend in ("kernel", "reference"):
+        unit = _unit(kind, rule, grad_scale, save, backend)
+
+        def loss(x):
+            return (unit(x) * w).sum()
+
+        def penalty(x):  # a second derivative: the gradient's own gradient
+            return (torch.func.grad(loss)(x) * torch.tanh(x)).sum()
+
+        _, vjp = torch.func.vjp(unit, z)
+        results[backend] = [
+            torch.func.grad(loss)(z), vjp(w)[0], torch.func.jacrev(unit)(z[0]),
+            torch.func.grad(penalty)(z),
+        ]
+        if backend == "kernel":  # the reference's autograd.Function has no vmap rule
+            results[backend].append(torch.func.vmap(torch.func.grad(loss))(z[None].expand(3, 5, 6)))
+        else:
+            results[backend].append(torch.func.grad(loss)(z)[None].expand(3, 5, 6))
+    for name, a, b in zip(("grad", "vjp", "jacrev", "grad of grad", "vmap of grad"),
+                          results["kernel"], results["reference"]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_torch_func_through_a_compact_code_names_the_save_modes():
+    def loss(x):
+        return ftprop_cuda.step(x, "soft_hinge", backend="kernel", save="compact").sum()
+
+    with pytest.raises(RuntimeError, match=r"save='compact'.*torch.func.*save='auto' or save='z'"):
+        torch.func.grad(loss)(torch.randn(7))
