@@ -228,7 +228,9 @@ if LOADED:
         def backward(ctx, gg):
             grad, z = ctx.saved_tensors
             d_g, d_z = _step_partials(grad, z, *ctx.args)
-            return _chain(gg, d_g, grad), _chain(gg, d_z, z), None, None, None
+            need_g, need_z = ctx.needs_input_grad[:2]
+            return (_chain(gg, d_g, grad) if need_g else None,
+                    _chain(gg, d_z, z) if need_z else None, None, None, None)
 
     class _StaircaseBackward(torch.autograd.Function):
         """The z-saving staircase's kernel backward with its derivatives."""
@@ -249,7 +251,9 @@ if LOADED:
         def backward(ctx, gg):
             grad, z = ctx.saved_tensors
             d_g, d_z = _staircase_partials(grad, z, *ctx.args)
-            return _chain(gg, d_g, grad), _chain(gg, d_z, z), None, None, None, None, None
+            need_g, need_z = ctx.needs_input_grad[:2]
+            return (_chain(gg, d_g, grad) if need_g else None,
+                    _chain(gg, d_z, z) if need_z else None, None, None, None, None, None)
 
     class _StepBackwardSaved(torch.autograd.Function):
         """The saved-code step backward (interval rules: s' = 0) with its derivative in g."""

@@ -155,6 +155,8 @@ def step(z, rule="soft_hinge", values="pm1", grad_scale=True, backend="auto", sa
     (ste: nothing, sste: 1 bit, saturated_hinge/hinge/perceptron: 2 bits) and z itself for the
     smooth rules; 'z' always keeps z; 'compact' also keeps an 8-bit code of the smooth rules'
     slope (absolute slope error at most s_max / 508, s_max the rule's largest slope).
+    Second derivatives (create_graph=True, torch.func transforms) equal the reference's; with
+    save='compact' a smooth rule has no z to differentiate its slope by, and raises instead.
     """
     _check_input(z)
     check_choice("rule", rule, STEP_RULES)
@@ -179,7 +181,9 @@ def staircase(z, steps=3, lo=0.0, hi=1.0, rule="soft_hinge", grad_scale=True, ba
     Forward: y = lo + q (hi - lo), q = clamp(ceil(u (K - 1)), 0, K) / K, u = (z - lo) / (hi - lo).
     Backward: the rule's surrogate (STAIRCASE_RULES), weighted or batch-normalised as for step.
     save: as for step (sste: 1 bit; saturated_hinge: the threshold count in 2, 4 or 8 bits;
-    soft_hinge: z, or its 8-bit slope code with save='compact').
+    soft_hinge: z, or its 8-bit slope code with save='compact', which has no second derivative).
+    lo and hi must keep the levels finite in z's dtype and the widths hi - lo, B (hi - lo) and
+    K B (hi - lo) finite in its op-math dtype (see check_staircase_range).
     """
     _check_input(z)
     steps, lo, hi = check_staircase_args(steps, lo, hi)

@@ -258,6 +258,7 @@ def test_torch_func_transforms_through_the_kernel(kind, rule, grad_scale, save):
     gen = torch.Generator().manual_seed(3)
     z = torch.randn(5, 6, generator=gen, dtype=torch.float64) * 1.5
     w = torch.randn(5, 6, generator=gen, dtype=torch.float64)
+    zs = torch.randn(3, 5, 6, generator=gen, dtype=torch.float64)
     results = {}
     for backend in ("kernel", "reference"):
         unit = _unit(kind, rule, grad_scale, save, backend)
@@ -271,12 +272,14 @@ def test_torch_func_transforms_through_the_kernel(kind, rule, grad_scale, save):
         _, vjp = torch.func.vjp(unit, z)
         results[backend] = [
             torch.func.grad(loss)(z), vjp(w)[0], torch.func.jacrev(unit)(z[0]),
-            torch.func.grad(penalty)(z),
+            torch.func.grad(penalty)(z), torch.func.vmap(torch.func.grad(loss))(zs),
         ]
-        if backend == "kernel":  # the reference's autograd.Function has no vmap rule
-            results[backend].append(torch.func.vmap(torch.func.grad(loss))(z[None].expand(3, 5, 6)))
-        else:
-            results[backend].append(torch.func.grad(loss)(z)[None].expand(3, 5, 6))
+    # vmap hands each slice to the unit: the normalised rules' B is the slice's first dimension
+    reference = _unit(kind, rule, grad_scale, save, "reference")
+    for i in range(zs.shape[0]):
+        x = zs[i].clone().requires_grad_()
+        (want,) = torch.autograd.grad((reference(x) * w).sum(), x)
+        torch.testing.assert_close(results["kernel"][-1][i], want, rtol=1e-9, atol=1e-12)
     for name, a, b in zip(("grad", "vjp", "jacrev", "grad of grad", "vmap of grad"),
                           results["kernel"], results["reference"]):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=name)
