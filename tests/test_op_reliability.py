@@ -1,6 +1,7 @@
 """No silent wrong answer from the kernel path: second derivatives equal the reference's (or a
-clear error), the saved-code backward sees a gradient laid out like the forward output, and bad
-input (sparse tensors, out-of-range steps, bounds that overflow z's dtype) is named."""
+clear error), the saved-code backward sees a gradient laid out like the forward output, bad
+input (sparse tensors, out-of-range steps, bounds that overflow z's dtype) is named, and
+torch.func transforms run through the kernels."""
 import itertools
 import math
 
@@ -20,7 +21,8 @@ STAIRS = [(3, 0.0, 1.0), (5, -1.0, 2.0), (300, -1.0, 1.0)]  # 2-, 4-bit and no c
 def _inputs(zs, dtype=torch.float64):
     """z: random values and the given boundaries; g (the weight w): random, zeros, boundaries."""
     gen = torch.Generator().manual_seed(0)
-    z = torch.cat([torch.randn(60, generator=gen, dtype=dtype) * 1.5, torch.tensor(zs, dtype=dtype)])
+    z = torch.randn(60, generator=gen, dtype=dtype) * 1.5
+    z = torch.cat([z, torch.tensor(zs, dtype=dtype)])
     gs = [g for g in G_BOUNDARY if math.isfinite(g)]
     w = torch.randn(z.shape, generator=gen, dtype=dtype)
     w[: len(gs)] = torch.tensor(gs, dtype=dtype)
@@ -196,7 +198,8 @@ BAD_CALLS = [
      ["hi", "torch.float16", "65504", "100000.0"]),
     (lambda: ftprop_cuda.staircase(Z.bfloat16(), lo=-2e38, hi=2e38), ValueError,
      ["hi - lo", "torch.bfloat16", "torch.float32"]),
-    (lambda: ftprop_cuda.staircase(Z, hi=1e38), ValueError, ["B * (hi - lo)", "B = z.shape[0] = 4"]),
+    (lambda: ftprop_cuda.staircase(Z, hi=1e38), ValueError,
+     ["B * (hi - lo)", "B = z.shape[0] = 4"]),
     (lambda: ftprop_cuda.staircase(Z, steps=1000, hi=1e36), ValueError,
      ["K * B * (hi - lo)", "K = steps = 1000"]),
     (lambda: ftprop_cuda.staircase(Z.double(), lo=-1e308, hi=1e308), ValueError,
