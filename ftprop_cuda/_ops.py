@@ -393,7 +393,19 @@ if LOADED:
 
     # torch.func transforms refuse the autograd.Function that register_autograd generates (it has
     # no setup_context), so under a transform the kernels run through these Functions instead,
-    # with the same setup_context and backward; vmap over the ops uses torch's per-slice fallback.
+    # with the same setup_context and backward. vmap batches the two forward ops directly (their
+    # output is elementwise in z); the code-saving and backward ops use torch's per-slice
+    # fallback: a code's packing and the normalised backward's B depend on the slice's shape.
+    def _elementwise_vmap(op):
+        def batched(info, in_dims, z, *args):
+            return op(z, *args), in_dims[0]
+
+        return batched
+
+    torch.library.register_vmap("ftprop_cuda::step", _elementwise_vmap(torch.ops.ftprop_cuda.step))
+    torch.library.register_vmap("ftprop_cuda::staircase",
+                                _elementwise_vmap(torch.ops.ftprop_cuda.staircase))
+
     class _FuncStep(torch.autograd.Function):
         generate_vmap_rule = True
 
