@@ -99,10 +99,11 @@ def check_staircase_range(z, steps, lo, hi):
     for what, value in (("hi - lo", hi - lo), ("B * (hi - lo)", batch * (hi - lo)),
                         ("K * B * (hi - lo)", steps * batch * (hi - lo))):
         if not value < limit:
+            factors = {"hi - lo": "", "B * (hi - lo)": f" with B = z.shape[0] = {batch}"}.get(
+                what, f" with K = steps = {steps}, B = z.shape[0] = {batch}")
             raise ValueError(
-                f"lo and hi are too far apart for z's dtype {z.dtype}: {what} (K = steps = "
-                f"{steps}, B = z.shape[0] = {batch}) overflows {op}, the dtype its arithmetic "
-                f"runs in; got lo={lo!r}, hi={hi!r}"
+                f"lo and hi are too far apart for z's dtype {z.dtype}: {what}{factors} overflows "
+                f"{op}, the dtype its arithmetic runs in; got lo={lo!r}, hi={hi!r}"
             )
 
 
