@@ -31,8 +31,8 @@ MAX_STEPS = 2**24
 
 
 def _short(value):
-    """repr(value), cut in the middle when it is long (an integer like 10**400)."""
-    text = repr(value)
+    """value as text, cut in the middle when it is long (an integer like 10**400)."""
+    text = f"{value}"  # not repr: torch.compile cannot take the repr of a symbolic integer
     return text if len(text) <= 40 else f"{text[:20]}...{text[-8:]} ({len(text)} characters)"
 
 

@@ -306,3 +306,21 @@ def test_vmap_batches_the_forward_ops(in_dim):
         y = torch.func.vmap(unit, in_dims=in_dim)(z)
         assert torch.equal(y, torch.stack([unit(z.select(in_dim, i))
                                            for i in range(z.shape[in_dim])]))
+
+
+def test_range_checks_under_dynamic_compile():
+    """steps, lo, hi arrive symbolic under dynamic=True: the checks still name the argument."""
+    torch._dynamo.reset()
+
+    def f(z, steps, lo, hi):
+        return ftprop_cuda.staircase(z, steps, lo, hi, rule="saturated_hinge")
+
+    compiled = torch.compile(f, dynamic=True, fullgraph=True)
+    x = torch.randn(10, requires_grad=True)
+    assert torch.equal(compiled(x, 3, 0.0, 1.0), f(x, 3, 0.0, 1.0))
+    for args, words in [((2**25, 0.0, 1.0), "steps must be an integer >= 2 and <= 2"),
+                        ((1, 0.0, 1.0), "got 1"),
+                        ((3, 0.0, 1e39), "hi must be finite in z's dtype torch.float32"),
+                        ((3, -3.4e38, 3.4e38), "hi - lo overflows torch.float32")]:
+        with pytest.raises(Exception, match=words):
+            compiled(x, *args)
