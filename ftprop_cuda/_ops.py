@@ -10,6 +10,8 @@ import warnings
 
 import torch
 
+from . import reference as _ref
+
 
 EXT_ERROR = None
 try:
@@ -135,6 +137,190 @@ if LOADED:
     def _staircase_backward_saved_fake(grad, state, steps, lo, hi, rule, grad_scale):
         return _empty_like_contiguous(grad)
 
+    # Second derivatives. The surrogate backward dz = F(g, z) is g s(z, t) (weighted) or
+    # -t s(z, t) / B (normalised), with t = -sign(g) piecewise constant in g: dF/dg = s (weighted;
+    # zero normalised) and dF/dz = g s' or -t s' / B, where s' = ds/dz is zero for the interval
+    # rules. A plain backward runs the kernel alone; when a graph is being built (create_graph=True
+    # or a torch.func transform: grad mode is on in the backward) the kernel runs inside one of the
+    # Functions below, whose backward forms these derivatives in differentiable torch ops, as
+    # autograd forms them from the reference. None stands for a zero the reference also leaves out.
+    _INTERVAL_T_RULES = frozenset({"saturated_hinge", "hinge", "perceptron"})
+
+    def _values(zero_one):
+        return "01" if zero_one else "pm1"
+
+    def _chain(gg, partial, like):
+        """gg * partial in op-math, rounded to like's dtype (the reference's casts); None for 0."""
+        if gg is None or partial is None:
+            return None
+        return (gg.to(partial.dtype) * partial).to(like.dtype)
+
+    def _step_slope_dz(z, rule, zero_one):
+        """ds/dz of the step rules on op-math z; None for the interval rules (s' = 0)."""
+        zero = torch.zeros_like(z)
+        if rule == "ramp":
+            if zero_one:
+                up = torch.where((z > -1) & (z < 0), torch.ones_like(z), zero)
+                return torch.where((z > 1) & (z < 2), -torch.ones_like(z), up)
+            a = z.abs()
+            return torch.where((a > 1) & (a < 2), -torch.sign(z), zero)
+        if rule == "soft_hinge":
+            th = torch.tanh(z)
+            return -2 * th * (1 - th * th)
+        if rule == "sigmoid":
+            p = torch.sigmoid(2 * z)
+            return 4 * p * (1 - p) * (1 - 2 * p)
+        if rule == "lecun_tanh":
+            th = torch.tanh(2 * z / 3)
+            return -(_ref.LECUN_A * 8 / 9) * th * (1 - th * th)
+        return None
+
+    def _step_partials(grad, z, rule, zero_one, grad_scale):
+        """(dF/dg, dF/dz) of the step surrogate, in op-math; None where zero."""
+        op = _ref.opmath_dtype(z.dtype)
+        g, zf = grad.to(op), z.to(op)
+        t = _ref.target(g)
+        ds = _step_slope_dz(zf, rule, zero_one)
+        if grad_scale or rule in _ref.ESTIMATOR_RULES:
+            slope = _ref.step_slope(zf, t, rule, _values(zero_one))
+            return slope, None if ds is None else g * ds
+        return None, None if ds is None else -t * ds / _ref.batch_size(z)
+
+    def _staircase_partials(grad, z, steps, lo, hi, rule, grad_scale):
+        """(dF/dg, dF/dz) of the staircase surrogate, in op-math; None where zero."""
+        op = _ref.opmath_dtype(z.dtype)
+        g, zf = grad.to(op), z.to(op)
+        if rule == "ste":
+            return torch.ones_like(g), None
+        u = _ref.staircase_u(zf, lo, hi)
+        if rule == "sste":
+            return ((u >= 0) & (u <= 1)).to(op), None
+        if rule == "saturated_hinge":
+            return (_ref.staircase_count(u, steps) / steps if grad_scale else None), None
+        th = torch.tanh(2 * u - 1)  # soft_hinge: s = 1 - tanh(2u - 1)^2, du/dz = 1 / (hi - lo)
+        ds = -4 * th * (1 - th * th) / (hi - lo)
+        if grad_scale:
+            return 1 - th * th, g * ds
+        return None, -_ref.target(g) * ds / (_ref.batch_size(z) * (hi - lo))
+
+    def _decoded_slope(grad, backward_saved):
+        """s(z, t(g)) from a code: the weighted saved-code backward of sign(g) is sign(g) s."""
+        op = _ref.opmath_dtype(grad.dtype)
+        sign = torch.where(grad < 0, -torch.ones_like(grad, dtype=op),
+                           torch.ones_like(grad, dtype=op))
+        return sign * backward_saved(sign)
+
+    class _StepBackward(torch.autograd.Function):
+        """The z-saving step's kernel backward with its derivatives (used under create_graph)."""
+
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(grad, z, rule, zero_one, grad_scale):
+            return torch.ops.ftprop_cuda._step_backward(grad, z, rule, zero_one, grad_scale)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            grad, z, *ctx.args = inputs
+            ctx.save_for_backward(grad, z)
+
+        @staticmethod
+        def backward(ctx, gg):
+            grad, z = ctx.saved_tensors
+            d_g, d_z = _step_partials(grad, z, *ctx.args)
+            need_g, need_z = ctx.needs_input_grad[:2]
+            return (_chain(gg, d_g, grad) if need_g else None,
+                    _chain(gg, d_z, z) if need_z else None, None, None, None)
+
+    class _StaircaseBackward(torch.autograd.Function):
+        """The z-saving staircase's kernel backward with its derivatives."""
+
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(grad, z, steps, lo, hi, rule, grad_scale):
+            return torch.ops.ftprop_cuda._staircase_backward(grad, z, steps, lo, hi, rule,
+                                                              grad_scale)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            grad, z, *ctx.args = inputs
+            ctx.save_for_backward(grad, z)
+
+        @staticmethod
+        def backward(ctx, gg):
+            grad, z = ctx.saved_tensors
+            d_g, d_z = _staircase_partials(grad, z, *ctx.args)
+            need_g, need_z = ctx.needs_input_grad[:2]
+            return (_chain(gg, d_g, grad) if need_g else None,
+                    _chain(gg, d_z, z) if need_z else None, None, None, None, None, None)
+
+    class _StepBackwardSaved(torch.autograd.Function):
+        """The saved-code step backward (interval rules: s' = 0) with its derivative in g."""
+
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(grad, state, rule, zero_one, grad_scale):
+            return torch.ops.ftprop_cuda._step_backward_saved(grad, state, rule, zero_one,
+                                                              grad_scale)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            grad, state, ctx.rule, ctx.zero_one, ctx.grad_scale = inputs
+            ctx.save_for_backward(grad, state)
+
+        @staticmethod
+        def backward(ctx, gg):
+            if not (ctx.grad_scale or ctx.rule in _ref.ESTIMATOR_RULES):
+                return None, None, None, None, None  # -t s / B: constant in g and in z
+            grad, state = ctx.saved_tensors
+            slope = _decoded_slope(grad, lambda g: torch.ops.ftprop_cuda._step_backward_saved(
+                g, state, ctx.rule, ctx.zero_one, True))
+            if ctx.rule in _INTERVAL_T_RULES:  # t = 0 where g is 0 or NaN, and s(z, 0) = 1
+                slope = torch.where((grad == 0) | grad.isnan(), torch.ones_like(slope), slope)
+            return _chain(gg, slope, grad), None, None, None, None
+
+    class _StaircaseBackwardSaved(torch.autograd.Function):
+        """The saved-code staircase backward (sste, saturated_hinge) with its derivative in g."""
+
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(grad, state, steps, lo, hi, rule, grad_scale):
+            return torch.ops.ftprop_cuda._staircase_backward_saved(grad, state, steps, lo, hi,
+                                                                   rule, grad_scale)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            grad, state, *ctx.args = inputs
+            ctx.save_for_backward(grad, state)
+
+        @staticmethod
+        def backward(ctx, gg):
+            steps, lo, hi, rule, grad_scale = ctx.args
+            if not (grad_scale or rule == "sste"):
+                return (None,) * 7  # saturated_hinge normalised: -t c / (K B (hi - lo))
+            grad, state = ctx.saved_tensors
+            slope = _decoded_slope(grad, lambda g: torch.ops.ftprop_cuda._staircase_backward_saved(
+                g, state, steps, lo, hi, rule, True))
+            return (_chain(gg, slope, grad),) + (None,) * 6
+
+    def _no_second_derivative(name, rule):
+        return RuntimeError(
+            f"ftprop_cuda.{name}: no second derivative through save='compact' with rule "
+            f"'{rule}': the forward kept only an 8-bit code of the slope, not z, so the slope's "
+            "derivative in z cannot be formed (create_graph=True or a torch.func transform asked "
+            "for one); use save='auto' or save='z'"
+        )
+
+    def _as_output_layout(grad, strides):
+        """grad laid out like the forward output, whose memory order the saved code follows."""
+        if grad.stride() == strides:
+            return grad
+        out = torch.empty_strided(grad.shape, strides, dtype=grad.dtype, device=grad.device)
+        return out.copy_(grad)
+
     # The forward keeps only z for the backward (not the output as well), or only a code of z.
     def _step_setup_context(ctx, inputs, output):
         z, ctx.rule, ctx.zero_one, ctx.grad_scale = inputs
@@ -142,8 +328,10 @@ if LOADED:
 
     def _step_backward(ctx, grad):
         (z,) = ctx.saved_tensors
-        dz = torch.ops.ftprop_cuda._step_backward(grad, z, ctx.rule, ctx.zero_one, ctx.grad_scale)
-        return dz, None, None, None
+        args = (grad, z, ctx.rule, ctx.zero_one, ctx.grad_scale)
+        if torch.is_grad_enabled():  # a graph is being built: the differentiable form
+            return _StepBackward.apply(*args), None, None, None
+        return torch.ops.ftprop_cuda._step_backward(*args), None, None, None
 
     def _staircase_setup_context(ctx, inputs, output):
         z, ctx.steps, ctx.lo, ctx.hi, ctx.rule, ctx.grad_scale = inputs
@@ -151,9 +339,11 @@ if LOADED:
 
     def _staircase_backward(ctx, grad):
         (z,) = ctx.saved_tensors
-        dz = torch.ops.ftprop_cuda._staircase_backward(
-            grad, z, ctx.steps, ctx.lo, ctx.hi, ctx.rule, ctx.grad_scale
-        )
+        args = (grad, z, ctx.steps, ctx.lo, ctx.hi, ctx.rule, ctx.grad_scale)
+        if torch.is_grad_enabled():
+            dz = _StaircaseBackward.apply(*args)
+        else:
+            dz = torch.ops.ftprop_cuda._staircase_backward(*args)
         return dz, None, None, None, None, None
 
     # The code output never has a gradient; without set_materialize_grads(False) autograd would
@@ -162,6 +352,7 @@ if LOADED:
     def _step_saved_setup_context(ctx, inputs, output):
         _, ctx.rule, ctx.zero_one, ctx.grad_scale = inputs
         ctx.set_materialize_grads(False)
+        ctx.out_strides = output[0].stride()
         ctx.save_for_backward(output[1])
 
     def _step_saved_backward(ctx, grad, _grad_state):
@@ -170,14 +361,18 @@ if LOADED:
         if step_code_bits(ctx.rule) == 0:  # ste: dz = g
             return grad, None, None, None
         (state,) = ctx.saved_tensors
-        dz = torch.ops.ftprop_cuda._step_backward_saved(
-            grad, state, ctx.rule, ctx.zero_one, ctx.grad_scale
-        )
-        return dz, None, None, None
+        args = (_as_output_layout(grad, ctx.out_strides), state, ctx.rule, ctx.zero_one,
+                ctx.grad_scale)
+        if not torch.is_grad_enabled():
+            return torch.ops.ftprop_cuda._step_backward_saved(*args), None, None, None
+        if ctx.rule in _SMOOTH_STEP_RULES:
+            raise _no_second_derivative("step", ctx.rule)
+        return _StepBackwardSaved.apply(*args), None, None, None
 
     def _staircase_saved_setup_context(ctx, inputs, output):
         _, ctx.steps, ctx.lo, ctx.hi, ctx.rule, ctx.grad_scale = inputs
         ctx.set_materialize_grads(False)
+        ctx.out_strides = output[0].stride()
         ctx.save_for_backward(output[1])
 
     def _staircase_saved_backward(ctx, grad, _grad_state):
@@ -186,10 +381,90 @@ if LOADED:
         if ctx.rule == "ste":
             return grad, None, None, None, None, None
         (state,) = ctx.saved_tensors
-        dz = torch.ops.ftprop_cuda._staircase_backward_saved(
-            grad, state, ctx.steps, ctx.lo, ctx.hi, ctx.rule, ctx.grad_scale
-        )
+        args = (_as_output_layout(grad, ctx.out_strides), state, ctx.steps, ctx.lo, ctx.hi,
+                ctx.rule, ctx.grad_scale)
+        if not torch.is_grad_enabled():
+            dz = torch.ops.ftprop_cuda._staircase_backward_saved(*args)
+        elif ctx.rule in _SMOOTH_STAIRCASE_RULES:
+            raise _no_second_derivative("staircase", ctx.rule)
+        else:
+            dz = _StaircaseBackwardSaved.apply(*args)
         return dz, None, None, None, None, None
+
+    # torch.func transforms refuse the autograd.Function that register_autograd generates (it has
+    # no setup_context), so under a transform the kernels run through these Functions instead,
+    # with the same setup_context and backward. vmap batches the two forward ops directly (their
+    # output is elementwise in z); the code-saving and backward ops use torch's per-slice
+    # fallback: a code's packing and the normalised backward's B depend on the slice's shape.
+    def _elementwise_vmap(op):
+        def batched(info, in_dims, z, *args):
+            return op(z, *args), in_dims[0]
+
+        return batched
+
+    torch.library.register_vmap("ftprop_cuda::step", _elementwise_vmap(torch.ops.ftprop_cuda.step))
+    torch.library.register_vmap("ftprop_cuda::staircase",
+                                _elementwise_vmap(torch.ops.ftprop_cuda.staircase))
+
+    class _FuncStep(torch.autograd.Function):
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(z, rule, zero_one, grad_scale, save_code):
+            if save_code:
+                return torch.ops.ftprop_cuda._step_saved(z, rule, zero_one, grad_scale)
+            return torch.ops.ftprop_cuda.step(z, rule, zero_one, grad_scale)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_code = inputs[-1]
+            if ctx.save_code:
+                ctx.mark_non_differentiable(output[1])
+                _step_saved_setup_context(ctx, inputs[:-1], output)
+            else:
+                _step_setup_context(ctx, inputs[:-1], output)
+
+        @staticmethod
+        def backward(ctx, grad, *_grad_state):
+            if ctx.save_code:
+                return *_step_saved_backward(ctx, grad, None), None
+            return *_step_backward(ctx, grad), None
+
+    class _FuncStaircase(torch.autograd.Function):
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(z, steps, lo, hi, rule, grad_scale, save_code):
+            if save_code:
+                return torch.ops.ftprop_cuda._staircase_saved(z, steps, lo, hi, rule, grad_scale)
+            return torch.ops.ftprop_cuda.staircase(z, steps, lo, hi, rule, grad_scale)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_code = inputs[-1]
+            if ctx.save_code:
+                ctx.mark_non_differentiable(output[1])
+                _staircase_saved_setup_context(ctx, inputs[:-1], output)
+            else:
+                _staircase_setup_context(ctx, inputs[:-1], output)
+
+        @staticmethod
+        def backward(ctx, grad, *_grad_state):
+            if ctx.save_code:
+                return *_staircase_saved_backward(ctx, grad, None), None
+            return *_staircase_backward(ctx, grad), None
+
+    def transforms_active():
+        """Whether a torch.func transform (grad, vjp, jacrev, vmap, ...) is running."""
+        return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+
+    def step_under_transform(z, rule, zero_one, grad_scale, save_code):
+        out = _FuncStep.apply(z, rule, zero_one, grad_scale, save_code)
+        return out[0] if save_code else out
+
+    def staircase_under_transform(z, steps, lo, hi, rule, grad_scale, save_code):
+        out = _FuncStaircase.apply(z, steps, lo, hi, rule, grad_scale, save_code)
+        return out[0] if save_code else out
 
     torch.library.register_autograd(
         "ftprop_cuda::step", _step_backward, setup_context=_step_setup_context

@@ -25,14 +25,26 @@ def check_bool(name, value):
 
 
 _REAL = (numbers.Real, torch.SymFloat, torch.SymInt)
+# The largest step count: K and the counts c(u) in 0..K must be exact in float32, the op-math
+# type of the half types and of float32.
+MAX_STEPS = 2**24
+
+
+def _short(value):
+    """value as text, cut in the middle when it is long (an integer like 10**400)."""
+    text = f"{value}"  # not repr: torch.compile cannot take the repr of a symbolic integer
+    return text if len(text) <= 40 else f"{text[:20]}...{text[-8:]} ({len(text)} characters)"
 
 
 def check_staircase_args(steps, lo, hi):
     """Validates steps, lo, hi; returns (steps, float(lo), float(hi))."""
     if isinstance(steps, bool) or not isinstance(steps, (numbers.Integral, torch.SymInt)):
         raise TypeError(f"steps must be an integer >= 2; got {steps!r} ({type(steps).__name__})")
-    if steps < 2:
-        raise ValueError(f"steps must be an integer >= 2; got {steps}")
+    if not 2 <= steps <= MAX_STEPS:
+        raise ValueError(
+            f"steps must be an integer >= 2 and <= 2**24 = {MAX_STEPS} (the largest count exact "
+            f"in float32); got {_short(steps)}"
+        )
     bounds = []
     for name, value in (("lo", lo), ("hi", hi)):
         if isinstance(value, bool) or not isinstance(value, _REAL):
@@ -41,16 +53,68 @@ def check_staircase_args(steps, lo, hi):
         # argument arrives as a symbolic float, which math.isfinite cannot take
         if not -math.inf < value < math.inf:
             raise ValueError(f"{name} must be a finite real number; got {value!r}")
-        bounds.append(float(value) + 0.0)  # + 0.0 turns -0.0 into 0.0: one zero, one result
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond the float64 range
+            raise ValueError(
+                f"{name} must be a finite real number within the float64 range; got {_short(value)}"
+            ) from None
+        bounds.append(value + 0.0)  # + 0.0 turns -0.0 into 0.0: one zero, one result
     lo, hi = bounds
     if not lo < hi:
         raise ValueError(f"lo must be smaller than hi; got lo={lo!r}, hi={hi!r}")
     return int(steps), lo, hi
 
 
+def _overflow_bound(dtype):
+    """The smallest magnitude that rounds to infinity in dtype (max + half its last step)."""
+    info = torch.finfo(dtype)
+    return math.ldexp(2.0 - info.eps / 2, math.frexp(info.max)[1] - 1)
+
+
+# float64 is left out: a Python float is float64, so a finite one is finite there.
+_OVERFLOW = {dtype: _overflow_bound(dtype) for dtype in (torch.float16, torch.bfloat16,
+                                                         torch.float32)}
+
+
+def check_staircase_range(z, steps, lo, hi):
+    """Bounds whose arithmetic overflows z's dtype would give infinite or NaN outputs.
+
+    lo and hi must be finite in z's dtype (they are output levels) and hi - lo, B (hi - lo) and
+    K B (hi - lo) finite in its op-math dtype (float32 for the half types and float32, float64
+    for float64), the widths the forward and the unweighted backward divide by. Only Python
+    numbers are compared, so this runs under torch.compile (and symbolically with dynamic shapes).
+    """
+    limit = _OVERFLOW.get(z.dtype)
+    if limit is not None:
+        for name, value in (("lo", lo), ("hi", hi)):
+            if not -limit < value < limit:
+                raise ValueError(
+                    f"{name} must be finite in z's dtype {z.dtype} (largest finite value "
+                    f"{torch.finfo(z.dtype).max:g}); got lo={lo!r}, hi={hi!r}"
+                )
+    op = reference.opmath_dtype(z.dtype)
+    limit = _OVERFLOW.get(op, math.inf)
+    batch = reference.batch_size(z)
+    for what, value in (("hi - lo", hi - lo), ("B * (hi - lo)", batch * (hi - lo)),
+                        ("K * B * (hi - lo)", steps * batch * (hi - lo))):
+        if not value < limit:
+            factors = {"hi - lo": "", "B * (hi - lo)": f" with B = z.shape[0] = {batch}"}.get(
+                what, f" with K = steps = {steps}, B = z.shape[0] = {batch}")
+            raise ValueError(
+                f"lo and hi are too far apart for z's dtype {z.dtype}: {what}{factors} overflows "
+                f"{op}, the dtype its arithmetic runs in; got lo={lo!r}, hi={hi!r}"
+            )
+
+
 def _check_input(z):
     if not isinstance(z, torch.Tensor):
         raise TypeError(f"z must be a torch.Tensor; got {type(z).__name__}")
+    if z.layout != torch.strided:
+        raise TypeError(
+            f"z must be a dense tensor (layout torch.strided); got layout {z.layout}: "
+            "call .to_dense() first"
+        )
     if z.dtype not in DTYPES:
         raise TypeError(
             f"z must be a floating-point tensor (float16, bfloat16, float32 or float64); "
@@ -92,6 +156,8 @@ def step(z, rule="soft_hinge", values="pm1", grad_scale=True, backend="auto", sa
     (ste: nothing, sste: 1 bit, saturated_hinge/hinge/perceptron: 2 bits) and z itself for the
     smooth rules; 'z' always keeps z; 'compact' also keeps an 8-bit code of the smooth rules'
     slope (absolute slope error at most s_max / 508, s_max the rule's largest slope).
+    Second derivatives (create_graph=True, torch.func transforms) equal the reference's; with
+    save='compact' a smooth rule has no z to differentiate its slope by, and raises instead.
     """
     _check_input(z)
     check_choice("rule", rule, STEP_RULES)
@@ -100,7 +166,10 @@ def step(z, rule="soft_hinge", values="pm1", grad_scale=True, backend="auto", sa
     check_choice("save", save, SAVE_MODES)
     if _use_kernel(z, backend):
         zero_one = values == "01"
-        if _needs_grad(z) and _ops.step_saves_code(rule, save):
+        save_code = _needs_grad(z) and _ops.step_saves_code(rule, save)
+        if _ops.transforms_active():
+            return _ops.step_under_transform(z, rule, zero_one, grad_scale, save_code)
+        if save_code:
             return torch.ops.ftprop_cuda._step_saved(z, rule, zero_one, grad_scale)[0]
         return torch.ops.ftprop_cuda.step(z, rule, zero_one, grad_scale)
     return reference.step(z, rule, values, grad_scale)
@@ -113,15 +182,21 @@ def staircase(z, steps=3, lo=0.0, hi=1.0, rule="soft_hinge", grad_scale=True, ba
     Forward: y = lo + q (hi - lo), q = clamp(ceil(u (K - 1)), 0, K) / K, u = (z - lo) / (hi - lo).
     Backward: the rule's surrogate (STAIRCASE_RULES), weighted or batch-normalised as for step.
     save: as for step (sste: 1 bit; saturated_hinge: the threshold count in 2, 4 or 8 bits;
-    soft_hinge: z, or its 8-bit slope code with save='compact').
+    soft_hinge: z, or its 8-bit slope code with save='compact', which has no second derivative).
+    lo and hi must keep the levels finite in z's dtype and the widths hi - lo, B (hi - lo) and
+    K B (hi - lo) finite in its op-math dtype (see check_staircase_range).
     """
     _check_input(z)
     steps, lo, hi = check_staircase_args(steps, lo, hi)
+    check_staircase_range(z, steps, lo, hi)
     check_choice("rule", rule, STAIRCASE_RULES)
     check_bool("grad_scale", grad_scale)
     check_choice("save", save, SAVE_MODES)
     if _use_kernel(z, backend):
-        if _needs_grad(z) and _ops.staircase_saves_code(rule, steps, save):
+        save_code = _needs_grad(z) and _ops.staircase_saves_code(rule, steps, save)
+        if _ops.transforms_active():
+            return _ops.staircase_under_transform(z, steps, lo, hi, rule, grad_scale, save_code)
+        if save_code:
             return torch.ops.ftprop_cuda._staircase_saved(z, steps, lo, hi, rule, grad_scale)[0]
         return torch.ops.ftprop_cuda.staircase(z, steps, lo, hi, rule, grad_scale)
     return reference.staircase(z, steps, lo, hi, rule, grad_scale)

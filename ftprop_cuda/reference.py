@@ -186,6 +186,8 @@ def staircase_backward(g, z, steps=3, lo=0.0, hi=1.0, rule="soft_hinge", grad_sc
 # Differentiable wrappers (the fallback path): forward as above, backward = the surrogate.
 # ---------------------------------------------------------------------------------------------
 class _StepFunction(torch.autograd.Function):
+    generate_vmap_rule = True  # torch.func.vmap batches forward and backward as written
+
     @staticmethod
     def forward(z, rule, values, grad_scale):
         return step_forward(z, values)
@@ -202,6 +204,8 @@ class _StepFunction(torch.autograd.Function):
 
 
 class _StaircaseFunction(torch.autograd.Function):
+    generate_vmap_rule = True  # torch.func.vmap batches forward and backward as written
+
     @staticmethod
     def forward(z, steps, lo, hi, rule, grad_scale):
         return staircase_forward(z, steps, lo, hi)
