@@ -415,8 +415,6 @@ def cmd_run(args):
     grid = load_grid(args.grid)
     _, options = _train_options()
     out = args.out
-    os.makedirs(out, exist_ok=True)
-    _write_json(os.path.join(out, "grid.json"), grid.to_json())
 
     # Seed-major order: a sweep stopped half-way has every configuration on its first seeds.
     runs = [(name, seed) for seed in grid.seeds for name in grid.configs]
@@ -440,6 +438,12 @@ def cmd_run(args):
           f"finished, {sum(t[4] == 'interrupted' for t in todo)} to resume, "
           f"{sum(t[4] == 'fresh' for t in todo)} to start; {args.jobs} at a time, "
           f"{threads} threads each" + (f", GPUs {','.join(gpus)}" if gpus else ""), flush=True)
+    if args.dry_run:
+        for i, name, seed, folder, state in todo:
+            print(f"{state:>11}  {name} seed {seed} -> {folder}")
+        return 0
+    os.makedirs(out, exist_ok=True)
+    _write_json(os.path.join(out, "grid.json"), grid.to_json())
     if not todo:
         return 0
 
@@ -554,6 +558,8 @@ def build_parser():
                         "(OMP_NUM_THREADS) and, with GPUs, one GPU in turn")
     r.add_argument("--shard", metavar="i/n", help="only every n-th run, starting at the i-th "
                                                    "(1-based; e.g. a Slurm array task)")
+    r.add_argument("--dry-run", action="store_true",
+                   help="list the runs still to do (fresh or interrupted) and exit")
     s = sub.add_parser("report", help="statistics, claims, plot: Markdown, PNG and report.json")
     s.add_argument("dir", metavar="DIR", help="sweep folder")
     s.add_argument("--baseline", metavar="NAME",

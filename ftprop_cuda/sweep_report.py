@@ -103,7 +103,7 @@ def verdict(diff, direction, margin):
     (by more than margin) than b."""
     lo, hi = diff["lo"], diff["hi"]
     if lo is None:
-        return "not distinguishable at this scale"
+        return f"not testable ({diff.get('n', 0)} shared seeds; an interval needs 2)"
     if direction == "greater":
         holds, contra = lo > 0, hi < 0
     elif direction == "less":
@@ -284,8 +284,9 @@ def markdown(sweep_dir, grid, stats, baseline, comparisons, claims, png_name, co
         lines.append("- Commit: not recorded by the runs; build: " + "; ".join(
             f"ftprop_cuda {b.get('version')} (torch {b.get('torch')}, CUDA kernels "
             f"{b.get('cuda_kernels')})" for b in builds) if builds else "- Commit: not recorded")
-    if first or last:
-        lines.append(f"- Runs: started {first or '?'}, last finished {_utc(last) if last else '?'}")
+    if last:
+        lines.append((f"- Runs: first started {first}, " if first else "- Runs: ")
+                     + f"last finished {_utc(last)}")
     report_commit = git_commit()
     lines.append(f"- Report made {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
                  + (f" at commit `{report_commit}`" if report_commit else ""))
@@ -311,8 +312,8 @@ def markdown(sweep_dir, grid, stats, baseline, comparisons, claims, png_name, co
     for name, comp in comparisons.items():
         fd, fci = _ci(comp["final"])
         bd, bci = _ci(comp["best"])
-        reading = {"holds": "higher", "contradicted": "lower"}.get(
-            verdict(comp["final"], "greater", 0.0), "not distinguishable at this scale")
+        v = verdict(comp["final"], "greater", 0.0)
+        reading = {"holds": "higher", "contradicted": "lower"}.get(v, v)
         lines.append(f"| {name} | {comp['final']['n']} | {fd} | {fci} | {bd} | {bci} | "
                      f"final: {reading} |")
     if claims:
@@ -352,7 +353,8 @@ def _settings(table):
     parts = []
     for key, value in table.items():
         if isinstance(value, bool):
-            parts.append(f"`--{key}`" if value else f"`{key} = false`")
+            off = key[3:] if key.startswith("no-") else f"no-{key}"
+            parts.append(f"`--{key}`" if value else f"`--{off}`")
         elif isinstance(value, list):
             parts.append(f"`--{key} {' '.join(str(v) for v in value)}`")
         else:

@@ -60,18 +60,17 @@ def sharded(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
     grid = write(tmp / "tiny.toml", TINY)
     out = str(tmp / "out")
-    first = subprocess.run(SWEEP + ["run", grid, "--out", out, "--shard", "1/2", "--jobs", "2"],
-                           capture_output=True, text=True, timeout=400)
+    # in this process (the runs are subprocesses either way): saves a torch import per sweep
+    first = main(["run", grid, "--out", out, "--shard", "1/2", "--jobs", "2"])
     after_first = finished_runs(out)
-    second = subprocess.run(SWEEP + ["run", grid, "--out", out, "--shard", "2/2", "--jobs", "2"],
-                            capture_output=True, text=True, timeout=400)
+    second = main(["run", grid, "--out", out, "--shard", "2/2", "--jobs", "2"])
     return grid, out, first, after_first, second
 
 
 def test_shards_partition_the_runs(sharded):
     grid, out, first, after_first, second = sharded
-    assert first.returncode == 0, first.stderr
-    assert second.returncode == 0, second.stderr
+    assert first[0] == 0, first[2]
+    assert second[0] == 0, second[2]
     # seed-major order (sign 1, relu 1, sign 2, relu 2): shard 1/2 takes the 1st and 3rd
     assert after_first == {("sign", 1), ("sign", 2)}
     assert finished_runs(out) == RUNS
@@ -85,9 +84,10 @@ def test_shards_partition_the_runs(sharded):
 
 def test_one_progress_line_per_finished_run(sharded):
     _, _, first, _, second = sharded
-    for proc, runs in ((first, {("sign", 1), ("sign", 2)}), (second, {("relu", 1), ("relu", 2)})):
-        lines = [line for line in proc.stdout.splitlines() if "] " in line and "best" in line]
-        assert len(lines) == 2, proc.stdout
+    for (_, stdout, _), runs in ((first, {("sign", 1), ("sign", 2)}),
+                                 (second, {("relu", 1), ("relu", 2)})):
+        lines = [line for line in stdout.splitlines() if "] " in line and "best" in line]
+        assert len(lines) == 2, stdout
         for name, seed in runs:
             assert sum(f"] {name} seed {seed}: best " in line and "final" in line and "min" in line
                        for line in lines) == 1
@@ -146,7 +146,7 @@ lr = 1e-3
 [configs.broken]
 arch = "alexnet"
 [configs.sign]
-epochs = 8
+epochs = 6
 """)
     out = str(tmp_path / "out")
     folder = sweep.run_folder(out, "sign", 3)
@@ -168,21 +168,20 @@ epochs = 8
             proc.kill()
         proc.communicate()
     before = sweep.read_metrics(folder)
-    assert 1 <= len(before) < 8
+    assert 1 <= len(before) < 6
     assert sweep.run_state(folder) == "interrupted"
 
-    again = subprocess.run(SWEEP + ["run", grid, "--out", out, "--jobs", "2"],
-                           capture_output=True, text=True, timeout=400)
-    assert again.returncode == 1, again.stdout + again.stderr
-    assert "1 to resume, 1 to start" in again.stdout
-    failure = [line for line in again.stdout.splitlines() if "broken seed 3: FAILED" in line]
+    code, stdout, stderr = main(["run", grid, "--out", out, "--jobs", "2"])
+    assert code == 1, stdout + stderr
+    assert "1 to resume, 1 to start" in stdout
+    failure = [line for line in stdout.splitlines() if "broken seed 3: FAILED" in line]
     assert len(failure) == 1 and "exit code 2" in failure[0]
     assert "ftprop-train: error:" in failure[0] and "image_size" in failure[0]
-    assert "sign seed 3: best" in again.stdout
-    assert f"resumed after epoch {before[-1]['epoch']}" in again.stdout
-    assert "1 run(s) done, 1 failed" in again.stdout
+    assert "sign seed 3: best" in stdout
+    assert f"resumed after epoch {before[-1]['epoch']}" in stdout
+    assert "1 run(s) done, 1 failed" in stdout
     after = sweep.read_metrics(folder)
-    assert [r["epoch"] for r in after] == list(range(1, 9))
+    assert [r["epoch"] for r in after] == list(range(1, 7))
     config = json.load(open(os.path.join(folder, "config.json")))
     assert config["runtime"]["resumed_from"] == os.path.join(folder, "last.pt")
     # the epochs before the kill are kept, not rerun
@@ -292,7 +291,7 @@ def test_verdicts():
     assert verdict(diff(0.5, 3), "equal", 1) == "not distinguishable at this scale"
     assert verdict(diff(-0.9, 3), "not_worse", 1) == "holds"
     assert verdict(diff(-3, -1.5), "not_worse", 1) == "contradicted"
-    assert verdict(diff(None, None), "greater", 0) == "not distinguishable at this scale"
+    assert verdict({"lo": None, "hi": None, "n": 1}, "greater", 0).startswith("not testable (1 ")
 
 
 # test top-1 per epoch for seeds 1, 2, 3 (3 epochs each)
