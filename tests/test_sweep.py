@@ -67,6 +67,7 @@ def sharded(tmp_path_factory):
     return grid, out, first, after_first, second
 
 
+@pytest.mark.slow
 def test_shards_partition_the_runs(sharded):
     grid, out, first, after_first, second = sharded
     assert first[0] == 0, first[2]
@@ -133,10 +134,19 @@ def _children(pid):
     return kids
 
 
+def _wait_for(condition, proc, what):
+    deadline = time.monotonic() + 300
+    while not condition():
+        assert proc.poll() is None and time.monotonic() < deadline, f"no {what} appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds children through /proc")
-def test_resume_after_kill_and_a_failing_run(tmp_path):
+def test_kill_terminate_resume_and_a_failing_run(tmp_path):
     # "broken" passes the grid check but fails at start (alexnet needs larger images): the
-    # sweep reports it and goes on with "sign", which is killed mid-run and then resumed.
+    # sweep reports it and goes on with "sign", which is killed (SIGKILL, sweep and trainer),
+    # resumed and stopped with SIGTERM, then resumed to the end.
     grid = write(tmp_path / "grid.toml", """
 seeds = [3]
 [common]
@@ -146,18 +156,15 @@ lr = 1e-3
 [configs.broken]
 arch = "alexnet"
 [configs.sign]
-epochs = 6
+epochs = 8
 """)
     out = str(tmp_path / "out")
     folder = sweep.run_folder(out, "sign", 3)
-    proc = subprocess.Popen(SWEEP + ["run", grid, "--out", out, "--jobs", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    argv = SWEEP + ["run", grid, "--out", out, "--jobs", "2"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + 300
-        while not os.path.exists(os.path.join(folder, "last.pt")):
-            assert proc.poll() is None and time.monotonic() < deadline, "no last.pt appeared"
-            time.sleep(0.05)
+        _wait_for(lambda: os.path.exists(os.path.join(folder, "last.pt")), proc, "last.pt")
         kids = _children(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)
         for kid in kids:
@@ -167,9 +174,28 @@ epochs = 6
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
-    before = sweep.read_metrics(folder)
-    assert 1 <= len(before) < 6
+    killed = sweep.read_metrics(folder)
+    assert 1 <= len(killed) < 8
     assert sweep.run_state(folder) == "interrupted"
+
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _wait_for(lambda: len(sweep.read_metrics(folder)) > len(killed), proc, "new epoch")
+        kids = _children(proc.pid)
+        os.kill(proc.pid, signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 128 + signal.SIGTERM, stdout + stderr
+    assert "ftprop-sweep: interrupted" in stderr and "resume" in stderr
+    assert kids and not any(os.path.exists(f"/proc/{kid}") for kid in kids)
+    assert "ftprop-train: interrupted" in open(os.path.join(folder, "sweep-stderr.txt")).read()
+    stopped = sweep.read_metrics(folder)
+    assert len(killed) < len(stopped) < 8
+    assert [r["train_loss"] for r in stopped[:len(killed)]] == [r["train_loss"] for r in killed]
 
     code, stdout, stderr = main(["run", grid, "--out", out, "--jobs", "2"])
     assert code == 1, stdout + stderr
@@ -178,15 +204,15 @@ epochs = 6
     assert len(failure) == 1 and "exit code 2" in failure[0]
     assert "ftprop-train: error:" in failure[0] and "image_size" in failure[0]
     assert "sign seed 3: best" in stdout
-    assert f"resumed after epoch {before[-1]['epoch']}" in stdout
+    assert f"resumed after epoch {stopped[-1]['epoch']}" in stdout
     assert "1 run(s) done, 1 failed" in stdout
     after = sweep.read_metrics(folder)
-    assert [r["epoch"] for r in after] == list(range(1, 7))
+    assert [r["epoch"] for r in after] == list(range(1, 9))
     config = json.load(open(os.path.join(folder, "config.json")))
     assert config["runtime"]["resumed_from"] == os.path.join(folder, "last.pt")
-    # the epochs before the kill are kept, not rerun
-    assert [r["train_loss"] for r in after[:len(before)]] == [r["train_loss"] for r in before]
-    assert len(json.load(open(os.path.join(folder, "sweep-run.json")))["attempts"]) == 2
+    # the epochs before each stop are kept, not rerun
+    assert [r["train_loss"] for r in after[:len(stopped)]] == [r["train_loss"] for r in stopped]
+    assert len(json.load(open(os.path.join(folder, "sweep-run.json")))["attempts"]) == 3
 
 
 # ---------------------------------------------------------------------------------------------
