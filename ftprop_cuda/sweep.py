@@ -383,6 +383,25 @@ def _gpu_ids():
     return [str(i) for i in range(count)]
 
 
+def child_env(threads, gpu):
+    """The environment of one trainer: its thread count, its GPU, and this very package.
+
+    `python -m` puts the working directory first on sys.path, so from a source checkout the
+    trainer would import the checkout's ftprop_cuda (without the compiled extension) instead
+    of the one running the sweep; PYTHONSAFEPATH (Python >= 3.11) drops that entry and
+    PYTHONPATH names the sweep's own package."""
+    env = dict(os.environ, OMP_NUM_THREADS=threads, PYTHONSAFEPATH="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in paths and root not in sys.path[1:]:
+        paths.insert(0, root)
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    return env
+
+
 def _last_line(path):
     try:
         with open(path, errors="replace") as f:
@@ -470,9 +489,7 @@ def cmd_run(args):
                 else:
                     cmd += grid.args(name, options)
                 cmd += ["--seed", str(seed), "--out", folder, "--quiet", "--no-tensorboard"]
-                env = dict(os.environ, OMP_NUM_THREADS=threads)
-                if gpus:
-                    env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+                env = child_env(threads, gpus[slot % len(gpus)] if gpus else None)
                 _record_attempt(folder, {"started": _now(), "command": cmd[1:], "machine": machine,
                                          "commit": commit, "omp_threads": threads,
                                          "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES")})

@@ -81,6 +81,10 @@ def test_shards_partition_the_runs(sharded):
         assert config["seed"] == seed and config["nonlin"] == ("step" if name == "sign" else "relu")
         assert config["train_limit"] == 200 and config["lr"] == 1e-3
         assert [r["epoch"] for r in sweep.read_metrics(folder)] == [1]
+        # --jobs 2: each trainer gets half the cores as torch threads
+        attempt = json.load(open(os.path.join(folder, "sweep-run.json")))["attempts"][-1]
+        cores = len(os.sched_getaffinity(0))
+        assert attempt["omp_threads"] == os.environ.get("OMP_NUM_THREADS", str(max(1, cores // 2)))
 
 
 def test_one_progress_line_per_finished_run(sharded):
@@ -144,23 +148,21 @@ def _wait_for(condition, proc, what):
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds children through /proc")
 def test_kill_terminate_resume_and_a_failing_run(tmp_path):
-    # "broken" passes the grid check but fails at start (alexnet needs larger images): the
-    # sweep reports it and goes on with "sign", which is killed (SIGKILL, sweep and trainer),
-    # resumed and stopped with SIGTERM, then resumed to the end.
+    # "sign" is killed (SIGKILL, sweep and trainer), resumed and stopped with SIGTERM, then
+    # resumed to the end after "broken", which passes the grid check but fails at start
+    # (alexnet needs larger images): the sweep reports it and goes on.
     grid = write(tmp_path / "grid.toml", """
 seeds = [3]
 [common]
 dataset = "digits"
 train_limit = 200
 lr = 1e-3
-[configs.broken]
-arch = "alexnet"
 [configs.sign]
 epochs = 8
 """)
     out = str(tmp_path / "out")
     folder = sweep.run_folder(out, "sign", 3)
-    argv = SWEEP + ["run", grid, "--out", out, "--jobs", "2"]
+    argv = SWEEP + ["run", grid, "--out", out]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
@@ -197,6 +199,9 @@ epochs = 8
     assert len(killed) < len(stopped) < 8
     assert [r["train_loss"] for r in stopped[:len(killed)]] == [r["train_loss"] for r in killed]
 
+    # the grid gains a configuration ahead of "sign" (seed-major order: broken runs first)
+    grid = write(tmp_path / "grid.toml", open(grid).read().replace(
+        "[configs.sign]", '[configs.broken]\narch = "alexnet"\n[configs.sign]'))
     code, stdout, stderr = main(["run", grid, "--out", out, "--jobs", "2"])
     assert code == 1, stdout + stderr
     assert "1 to resume, 1 to start" in stdout
@@ -270,6 +275,18 @@ def test_bad_json_grid_and_arguments(tmp_path):
     code, _, stderr = main(["run", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "o")])
     assert code == 2 and "cannot read grid file" in stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_child_environment(monkeypatch):
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    env = sweep.child_env("3", "1")
+    assert env["OMP_NUM_THREADS"] == "3" and env["CUDA_VISIBLE_DEVICES"] == "1"
+    # the trainer imports the package running the sweep, never a source folder in the cwd
+    assert env["PYTHONSAFEPATH"] == "1"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(sweep.__file__)))
+    assert root in env.get("PYTHONPATH", "").split(os.pathsep) or root in sys.path[1:]
+    assert "CUDA_VISIBLE_DEVICES" not in sweep.child_env("1", None) or \
+        "CUDA_VISIBLE_DEVICES" in os.environ
 
 
 def test_grid_values_become_train_flags(tmp_path):
