@@ -14,7 +14,6 @@ the comparisons the report tests. Bad grid files and arguments end with one line
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import re
@@ -412,10 +411,11 @@ def _last_line(path):
 
 
 class _Job:
-    def __init__(self, index, name, seed, folder, resumed_at, proc, slot, started, err_path):
-        self.index, self.name, self.seed, self.folder = index, name, seed, folder
-        self.resumed_at, self.proc, self.slot = resumed_at, proc, slot
-        self.started, self.err_path = started, err_path
+    """One running trainer: its run, its process, and where its stderr goes."""
+
+    def __init__(self, name, seed, folder, resumed_at, proc, started, err_path):
+        self.name, self.seed, self.folder, self.resumed_at = name, seed, folder, resumed_at
+        self.proc, self.started, self.err_path = proc, started, err_path
 
 
 def _record_attempt(folder, attempt):
@@ -500,8 +500,8 @@ def cmd_run(args):
                     # one SIGINT, so each child stops once, cleanly.
                     proc = subprocess.Popen(cmd, stdout=so, stderr=se, env=env,
                                             start_new_session=True)
-                running[slot] = _Job(i, name, seed, folder, resumed_at, proc, slot,
-                                     time.monotonic(), err_path)
+                running[slot] = _Job(name, seed, folder, resumed_at, proc, time.monotonic(),
+                                     err_path)
             time.sleep(0.2)
             for slot, job in list(running.items()):
                 code = job.proc.poll()
@@ -572,7 +572,8 @@ def build_parser():
     r.add_argument("--out", required=True, metavar="DIR", help="sweep folder")
     r.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="runs at a time (default 1); each gets cores // N threads "
-                        "(OMP_NUM_THREADS) and, with GPUs, one GPU in turn")
+                        "(OMP_NUM_THREADS, unless it is set already) and, with GPUs, one GPU "
+                        "in turn")
     r.add_argument("--shard", metavar="i/n", help="only every n-th run, starting at the i-th "
                                                    "(1-based; e.g. a Slurm array task)")
     r.add_argument("--dry-run", action="store_true",

@@ -174,7 +174,8 @@ def _config_stats(entry):
                     ) if runs else []
     curve = {"epoch": epochs, "mean": [], "std": []}
     for e in epochs:
-        m, s = mean_std([rec["test_top1"] for r in runs for rec in r["records"] if rec["epoch"] == e])
+        m, s = mean_std([rec["test_top1"] for r in runs for rec in r["records"]
+                         if rec["epoch"] == e])
         curve["mean"].append(m)
         curve["std"].append(s if s is not None else 0.0)
     out["test_top1_curve"] = curve
@@ -277,7 +278,8 @@ def markdown(sweep_dir, grid, stats, baseline, comparisons, claims, png_name, co
                      f"{here['cores']} cores")
     devices = sorted({s["device"] for s in stats if s["device"]})
     backends = sorted({s["backend"] for s in stats if s["backend"]})
-    lines.append(f"- Device: {', '.join(devices) or '-'}; ops backend: {', '.join(backends) or '-'}")
+    lines.append(f"- Device: {', '.join(devices) or '-'}; "
+                 f"ops backend: {', '.join(backends) or '-'}")
     if commits:
         lines.append("- Commit: " + ", ".join(f"`{c}`" for c in commits))
     else:

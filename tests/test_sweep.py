@@ -87,6 +87,7 @@ def test_shards_partition_the_runs(sharded):
         assert attempt["omp_threads"] == os.environ.get("OMP_NUM_THREADS", str(max(1, cores // 2)))
 
 
+@pytest.mark.slow
 def test_one_progress_line_per_finished_run(sharded):
     _, _, first, _, second = sharded
     for (_, stdout, _), runs in ((first, {("sign", 1), ("sign", 2)}),
@@ -98,6 +99,7 @@ def test_one_progress_line_per_finished_run(sharded):
                        for line in lines) == 1
 
 
+@pytest.mark.slow
 def test_second_invocation_runs_nothing(sharded):
     grid, out, *_ = sharded
     stamps = {run: os.path.getmtime(os.path.join(sweep.run_folder(out, *run), "metrics.jsonl"))
@@ -109,6 +111,7 @@ def test_second_invocation_runs_nothing(sharded):
                                                          "metrics.jsonl")) for run in RUNS}
 
 
+@pytest.mark.slow
 def test_report_of_a_real_sweep(sharded):
     _, out, *_ = sharded
     code, stdout, stderr = main(["report", out, "--baseline", "relu"])
@@ -418,8 +421,8 @@ def test_report_numbers_on_a_handmade_folder(tmp_path):
     assert claims["same-greater"]["verdict"] == "not distinguishable at this scale"
 
     text = md.read_text()
-    assert f"| better | - | 3 | {_stats([63, 65, 61.5])[0]:.2f} ± {_stats([63, 65, 61.5])[1]:.2f}" \
-        in text
+    best_mean, best_std = _stats([63, 65, 61.5])
+    assert f"| better | - | 3 | {best_mean:.2f} ± {best_std:.2f}" in text
     assert "| better-wins | better | base | final | a > b | 3 | +2.50 |" in text
     assert "**contradicted**" in text and "better seed 4 (2/3 epochs)" in text
     assert "Device: cpu; ops backend: auto (kernel)" in text
