@@ -5,7 +5,8 @@ import numbers
 import torch
 
 from . import _ops, reference
-from .reference import STAIRCASE_RULES, STEP_RULES, STEP_VALUES
+from .reference import STEP_VALUES
+from .rules import STAIRCASE_RULES, STEP_RULES
 
 BACKENDS = ("auto", "kernel", "reference")
 SAVE_MODES = _ops.SAVE_MODES
@@ -108,7 +109,7 @@ def step(z, rule="soft_hinge", values="pm1", grad_scale=True, backend="auto", sa
 
 def staircase(z, steps=3, lo=0.0, hi=1.0, rule="soft_hinge", grad_scale=True, backend="auto",
               save="auto"):
-    """Staircase (quantized ReLU) unit with K = steps + 1 levels on [lo, hi].
+    """Staircase (quantized ReLU) unit with steps + 1 levels on [lo, hi] (K = steps).
 
     Forward: y = lo + q (hi - lo), q = clamp(ceil(u (K - 1)), 0, K) / K, u = (z - lo) / (hi - lo).
     Backward: the rule's surrogate (STAIRCASE_RULES), weighted or batch-normalised as for step.
