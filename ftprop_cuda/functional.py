@@ -92,7 +92,8 @@ def step(z, rule="soft_hinge", values="pm1", grad_scale=True, backend="auto", sa
     lossless bit-packed code of z for the rules whose slope only depends on an interval of z
     (ste: nothing, sste: 1 bit, saturated_hinge/hinge/perceptron: 2 bits) and z itself for the
     smooth rules; 'z' always keeps z; 'compact' also keeps an 8-bit code of the smooth rules'
-    slope (absolute slope error at most s_max / 508, s_max the rule's largest slope).
+    slope (absolute slope error at most s_max / 508, s_max the rule's largest slope; see
+    docs/spec.md, "Saved state").
     """
     _check_input(z)
     check_choice("rule", rule, STEP_RULES)
