@@ -58,9 +58,14 @@ def test_registry_records():
         if r.smooth:  # their code is the 8-bit compact slope code
             assert r.code_bits(3) == 8
         assert r.slope_max > 0
-        # every rule but the estimators sste and ramp is a layer loss (ste: the linear loss)
-        assert r.has_layer_loss == (r.name not in ("sste", "ramp"))
+        if not r.estimator:  # a rule that weights by |g| must say by which loss
+            assert r.has_layer_loss
     assert rules.ALL_RULES == tuple(dict.fromkeys(rules.STEP_RULES + rules.STAIRCASE_RULES))
+    # ste is an estimator and also the linear loss -t z (docs/spec.md, Identities)
+    z, t = torch.tensor([0.5, -2.0, 3.0]), torch.tensor([1.0, -1.0, 0.0])
+    for family in rules.FAMILIES:
+        ste = rules.get(family, "ste")
+        assert ste.estimator and torch.equal(ste.loss(z, t, 3, 0.0, 1.0), -t * z)
     with pytest.raises(ValueError, match="staircase rule must be one of 'ste', 'sste'"):
         rules.get("staircase", "hinge")
     with pytest.raises(ValueError, match="family must be one of"):
