@@ -151,9 +151,7 @@ def get(family, name):
     """The record of rule `name` for `family`; ValueError listing the family's rules if none."""
     record = _BY_KEY.get((family, name))
     if record is None:
-        accepted = STEP_RULES if family == "step" else STAIRCASE_RULES if family == "staircase" else ()
-        if not accepted:
-            rules_of(family)  # raises for the unknown family
+        accepted = [r.name for r in rules_of(family)]  # rules_of raises for an unknown family
         raise ValueError(f"{family} rule must be one of {', '.join(map(repr, accepted))}; "
                          f"got {name!r}")
     return record
