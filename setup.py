@@ -11,6 +11,7 @@ Switches, printed at the top of the build:
 Install with `pip install --no-build-isolation .` after torch, so the extension is built
 against the torch that will run it.
 """
+import glob
 import os
 import shutil
 import sys
@@ -62,13 +63,27 @@ def _want_cuda():
     return False, reason
 
 
+def _sources(*patterns):
+    """The source files matching the patterns, relative to the repository, in a fixed order.
+
+    A new kernel file is picked up by being there; csrc/emu/ (a test-only build) is not listed.
+    """
+    found = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(os.path.join(HERE, pattern)))
+        if not matches:
+            sys.exit(f"setup.py: no source file matches {pattern!r} under {HERE}")
+        found += [os.path.relpath(path, HERE) for path in matches]
+    return found
+
+
 def _extension():
     with_cuda, why = _want_cuda()
     _log(f"torch {torch.__version__}; CUDA kernels: {'yes' if with_cuda else 'no'} ({why})")
     if with_cuda:
         _log(f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']} "
              f"CUDA_HOME={os.environ.get('CUDA_HOME')} MAX_JOBS={os.environ['MAX_JOBS']}")
-    sources = ["csrc/ops.cpp", "csrc/cpu/step.cpp", "csrc/cpu/staircase.cpp"]
+    sources = _sources("csrc/*.cpp", "csrc/cpu/*.cpp")
     # -ffp-contract=off / --fmad=false: no fused multiply-adds, so every backend rounds each
     # operation as PyTorch's reference does and the forward pass stays bit-identical.
     # -fno-trapping-math: lets GCC if-convert the NaN-aware selects so the CPU loops vectorise
@@ -80,7 +95,7 @@ def _extension():
     if not with_cuda:
         return CppExtension("ftprop_cuda._C", sources, extra_compile_args={"cxx": cxx},
                             extra_link_args=link)
-    sources += ["csrc/cuda/step.cu", "csrc/cuda/staircase.cu"]
+    sources += _sources("csrc/cuda/*.cu")
     nvcc = ["-O3", "--fmad=false", "-lineinfo"]
     return CUDAExtension(
         "ftprop_cuda._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc},

@@ -1,7 +1,7 @@
 """Helpers shared by bench_ops.py and bench_train.py: environment record, timers, saved-tensor
 accounting, and the JSON / Markdown / PNG writers.
 
-Runs on torch 2.11 .. 2.14 and needs no network. Timing follows STYLE.md: CUDA with
+Runs on torch 2.11 .. 2.14 and needs no network. Timing: CUDA with
 `triton.testing.do_bench` (CUDA events when triton is missing), CPU with
 `torch.utils.benchmark.Timer`, median over several blocks, compile and warm-up outside timings.
 """
@@ -42,7 +42,7 @@ BACKWARD_TOL = {
 }
 COMPILED_TOL_FACTOR = 4.0
 
-# The four variants both scripts time on the same inputs (STYLE.md, Benchmarks).
+# The four variants both scripts time on the same inputs.
 VARIANTS = ("ref", "ref_compiled", "kernel", "kernel_compiled")
 VARIANT_LABEL = {
     "ref": "reference (eager)",

@@ -11,6 +11,7 @@ import warnings
 import torch
 
 from . import reference as _ref
+from . import rules
 
 
 EXT_ERROR = None
@@ -47,37 +48,14 @@ def _empty_like_contiguous(z):
     return z.new_empty(z.shape)
 
 
-# What the forward saves for the backward (save="auto" | "z" | "compact"); the C++ side has the
-# same tables (csrc/ftprop.h: step_code_bits, stair_code_bits).
+# What the forward saves for the backward (save="auto" | "z" | "compact"). Code bits and which
+# rules are smooth come from the registry (rules.py); the C++ rule list must agree with it
+# (tests/test_rule_registry.py).
 SAVE_MODES = ("auto", "z", "compact")
-_SMOOTH_STEP_RULES = frozenset({"soft_hinge", "sigmoid", "lecun_tanh", "ramp"})
-_SMOOTH_STAIRCASE_RULES = frozenset({"soft_hinge"})
-
-
-def step_code_bits(rule):
-    """Bits per element of the step unit's saved-state code."""
-    if rule == "ste":
-        return 0
-    if rule == "sste":
-        return 1
-    if rule in ("saturated_hinge", "hinge", "perceptron"):
-        return 2
-    return 8  # smooth rules: the 8-bit slope code of save="compact"
-
-
-def staircase_code_bits(rule, steps):
-    """Bits per element of the staircase's saved-state code, or None where z must be saved."""
-    if rule == "ste":
-        return 0
-    if rule == "sste":
-        return 1
-    if rule == "soft_hinge":
-        return 8
-    # saturated_hinge: the count c(u) in 0..K, and one more value for NaN
-    for bits in (2, 4, 8):
-        if steps + 2 <= 1 << bits:
-            return bits
-    return None
+_SMOOTH_STEP_RULES = rules.SMOOTH_STEP_RULES
+_SMOOTH_STAIRCASE_RULES = rules.SMOOTH_STAIRCASE_RULES
+step_code_bits = rules.step_code_bits
+staircase_code_bits = rules.staircase_code_bits
 
 
 def saves_code(smooth, bits, save):

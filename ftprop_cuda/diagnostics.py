@@ -1,7 +1,7 @@
 """Per-layer diagnostics of hard-threshold units, gathered alongside the backward pass.
 
 For every Step/Staircase module, each training batch contributes (z = the unit's input, y = its
-output, g = the gradient arriving at y, t = -sign(g) the target of SPEC):
+output, g = the gradient arriving at y, t = -sign(g) the target of docs/spec.md):
 
   has_target  fraction of units with t != 0
   disagree    fraction whose target asks for a move the output can still make: t > 0 below the
@@ -11,8 +11,9 @@ output, g = the gradient arriving at y, t = -sign(g) the target of SPEC):
   loss        mean over units of w * L(z, t): the layer loss whose gradient the backward pass
               applies, with w = |g| in the weighted mode (grad_scale=True, and always for ste)
               and w = [t != 0] / B in the unweighted one (/ (B (hi - lo)) for a staircase, as
-              SPEC's unweighted staircase slope); None for the rules that are not
-              losses (sste, ramp); ste counts as the linear loss -t z
+              the contract's unweighted staircase slope); None for the rules that are
+              not losses (sste, ramp); ste counts as the linear loss -t z. The losses are
+              the registry's (ftprop_cuda/rules.py)
 
 All four are fractions/means over every unit of every training example of the epoch. Nothing
 is registered unless a Diagnostics object is created, so the feature costs nothing when off.
@@ -22,6 +23,7 @@ import math
 import torch
 
 from . import reference as R
+from . import rules
 from .nn import Staircase, Step
 
 FIELDS = ("has_target", "disagree", "in_window", "loss")
@@ -38,37 +40,25 @@ def _level_range(unit):
     return unit.lo, unit.hi
 
 
+def _family(unit):
+    return "step" if isinstance(unit, Step) else "staircase"
+
+
 def has_layer_loss(unit):
     """Whether the unit's rule is a loss (the estimators sste and ramp are not)."""
-    return unit.rule not in ("sste", "ramp")
+    return rules.has_layer_loss(_family(unit), unit.rule)
 
 
 def window_and_loss(unit, z, t):
     """(in_window bool tensor, per-unit loss L(z, t) or None) for one unit module (op-math z, t)."""
+    loss = rules.get(_family(unit), unit.rule).loss
     if isinstance(unit, Step):
         in_window = R.step_slope(z, t, unit.rule, unit.values) != 0
-        if unit.rule == "ste":
-            loss = -t * z      # SPEC: ste is the weighted linear loss -t z
-        else:
-            loss = R.step_loss(z, t, unit.rule)
-        return in_window, loss
-    # Staircase: the losses whose z-derivatives are SPEC's staircase slopes (in the weighted
-    # mode dz = |g| dL/dz), written in u = (z - lo) / (hi - lo).
-    k, width = unit.steps, unit.hi - unit.lo
-    u = R.staircase_u(z, unit.lo, unit.hi)
-    if unit.rule == "ste":
-        return torch.ones_like(z, dtype=torch.bool), -t * z
-    if unit.rule == "sste":
-        return (u >= 0) & (u <= 1), None
-    if unit.rule == "soft_hinge":
-        in_window = (1 - torch.tanh(2 * u - 1) ** 2) != 0
-        return in_window, (width / 2) * (torch.tanh(-t * (2 * u - 1)) + 1)
-    # saturated_hinge: one saturated hinge (margin 1, truncation 2, in units of K - 1) per
-    # threshold j/(K-1), j = 0..K-1, summed and scaled so that dL/dz = -t c(u) / K.
-    v = u * (k - 1)
-    j = torch.arange(k, dtype=z.dtype, device=z.device).view(-1, *([1] * z.dim()))
-    per_threshold = torch.clamp(1 - t * (v - j) / (k - 1), 0, 2)
-    return R.staircase_count(u, k) != 0, (width / k) * per_threshold.sum(0)
+        return in_window, None if loss is None else loss(z, t)
+    # a staircase's slope does not depend on t: the weighted backward of g = 1 is the slope
+    k, lo, hi = unit.steps, unit.lo, unit.hi
+    in_window = R.staircase_backward(torch.ones_like(z), z, k, lo, hi, unit.rule) != 0
+    return in_window, None if loss is None else loss(z, t, k, lo, hi)
 
 
 class Diagnostics:
@@ -100,12 +90,12 @@ class Diagnostics:
         lo, hi = _level_range(unit)
         in_window, loss = window_and_loss(unit, zf, t)
         if loss is not None:
-            # the estimator rules ignore grad_scale (SPEC): their backward always scales by g
-            weighted = unit.grad_scale or unit.rule in R.ESTIMATOR_RULES
+            # the estimator rules ignore grad_scale: their backward always scales by g
+            weighted = unit.grad_scale or unit.rule in rules.ESTIMATOR_RULES
             if weighted:
                 weight = gf.abs()
             else:
-                # SPEC's unweighted staircase slope carries 1 / (hi - lo) from the rescaling to u
+                # the unweighted staircase slope carries 1 / (hi - lo) from the rescaling to u
                 scale = R.batch_size(z) * (1.0 if isinstance(unit, Step) else unit.hi - unit.lo)
                 weight = (t != 0).to(op) / scale
             loss_sum = (weight * loss).sum()

@@ -5,7 +5,8 @@ import numbers
 import torch
 
 from . import _ops, reference
-from .reference import STAIRCASE_RULES, STEP_RULES, STEP_VALUES
+from .reference import STEP_VALUES
+from .rules import STAIRCASE_RULES, STEP_RULES
 
 BACKENDS = ("auto", "kernel", "reference")
 SAVE_MODES = _ops.SAVE_MODES
@@ -155,7 +156,8 @@ def step(z, rule="soft_hinge", values="pm1", grad_scale=True, backend="auto", sa
     lossless bit-packed code of z for the rules whose slope only depends on an interval of z
     (ste: nothing, sste: 1 bit, saturated_hinge/hinge/perceptron: 2 bits) and z itself for the
     smooth rules; 'z' always keeps z; 'compact' also keeps an 8-bit code of the smooth rules'
-    slope (absolute slope error at most s_max / 508, s_max the rule's largest slope).
+    slope (absolute slope error at most s_max / 508, s_max the rule's largest slope; see
+    docs/spec.md, "Saved state").
     Second derivatives (create_graph=True, torch.func transforms) equal the reference's; with
     save='compact' a smooth rule has no z to differentiate its slope by, and raises instead.
     """
@@ -177,7 +179,7 @@ def step(z, rule="soft_hinge", values="pm1", grad_scale=True, backend="auto", sa
 
 def staircase(z, steps=3, lo=0.0, hi=1.0, rule="soft_hinge", grad_scale=True, backend="auto",
               save="auto"):
-    """Staircase (quantized ReLU) unit with K = steps + 1 levels on [lo, hi].
+    """Staircase (quantized ReLU) unit with steps + 1 levels on [lo, hi] (K = steps).
 
     Forward: y = lo + q (hi - lo), q = clamp(ceil(u (K - 1)), 0, K) / K, u = (z - lo) / (hi - lo).
     Backward: the rule's surrogate (STAIRCASE_RULES), weighted or batch-normalised as for step.

@@ -2,7 +2,8 @@
 import torch
 
 from . import functional as F
-from .reference import STAIRCASE_RULES, STEP_RULES, STEP_VALUES
+from .reference import STEP_VALUES
+from .rules import STAIRCASE_RULES, STEP_RULES
 
 
 class Step(torch.nn.Module):

@@ -1,7 +1,8 @@
 """Pure-PyTorch reference of every op: the tests' oracle and the fallback without the extension.
 
-Written for clarity, one formula per line, in the order of ../shared/SPEC.md. Two details keep
-the forward pass bit-identical to the kernels on every device:
+Written for clarity, one formula per line, in the order of docs/spec.md; the rule names and
+their properties come from the registry (ftprop_cuda/rules.py), the slopes are written here.
+Two details keep the forward pass bit-identical to the kernels on every device:
 
 * float16/bfloat16 inputs are upcast once to float32 (their "op-math" type), every step runs
   there, and the result is rounded once to the input dtype;
@@ -12,23 +13,10 @@ the forward pass bit-identical to the kernels on every device:
 
 import torch
 
-STEP_RULES = (
-    "ste",
-    "sste",
-    "ramp",
-    "soft_hinge",
-    "saturated_hinge",
-    "hinge",
-    "perceptron",
-    "sigmoid",
-    "lecun_tanh",
-)
-STAIRCASE_RULES = ("ste", "sste", "soft_hinge", "saturated_hinge")
-STEP_VALUES = ("pm1", "01")
-# Straight-through estimators: not losses, so they ignore grad_scale and always scale by g.
-ESTIMATOR_RULES = frozenset({"ste", "sste", "ramp"})
+from . import rules
+from .rules import ESTIMATOR_RULES, LECUN_A, STAIRCASE_RULES, STEP_RULES
 
-LECUN_A = 1.7519
+STEP_VALUES = ("pm1", "01")
 
 
 def opmath_dtype(dtype):
@@ -41,7 +29,7 @@ def _const(value, like):
 
 
 def batch_size(z):
-    """B of SPEC: z.shape[0], or 1 for a 0-dim tensor."""
+    """B of docs/spec.md: z.shape[0], or 1 for a 0-dim tensor."""
     return z.shape[0] if z.dim() > 0 else 1
 
 
@@ -68,7 +56,7 @@ def step_forward(z, values="pm1"):
 
 
 def step_slope(z, t, rule, values="pm1"):
-    """s(z, t) of SPEC's step table (op-math tensors in, op-math tensor out)."""
+    """s(z, t) of docs/spec.md's step table (op-math tensors in, op-math tensor out)."""
     if rule == "ste":
         return torch.ones_like(z)
     if rule == "sste":
@@ -116,20 +104,18 @@ def step_backward(g, z, rule="soft_hinge", values="pm1", grad_scale=True):
 
 
 def step_loss(z, t, rule):
-    """Per-unit layer loss L(z, t) of SPEC's step table (None for the estimator rules)."""
-    if rule == "soft_hinge":
-        return torch.tanh(-t * z) + 1
-    if rule == "saturated_hinge":
-        return torch.clamp(1 - t * z, 0, 2)
-    if rule == "hinge":
-        return torch.clamp(1 - t * z, min=0)
-    if rule == "perceptron":
-        return torch.clamp(-t * z, min=0)
-    if rule == "sigmoid":
-        return torch.sigmoid(-2 * t * z)
-    if rule == "lecun_tanh":
-        return LECUN_A * torch.tanh(-2 * t * z / 3) + 1
-    return None
+    """Per-unit layer loss L(z, t) of docs/spec.md's step table (None for the estimator rules)."""
+    record = rules.get("step", rule)
+    return None if record.estimator else record.loss(z, t)
+
+
+def staircase_loss(z, t, steps, lo, hi, rule):
+    """Per-unit layer loss of a staircase (op-math z, t), written in u; None for sste.
+
+    Its |g|-weighted z-derivative is the staircase backward; ste is the linear loss -t z.
+    """
+    record = rules.get("staircase", rule)
+    return record.loss(z, t, steps, lo, hi) if record.has_layer_loss else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,7 +144,7 @@ def staircase_count(u, steps):
 
 
 def staircase_backward(g, z, steps=3, lo=0.0, hi=1.0, rule="soft_hinge", grad_scale=True):
-    """dz for a staircase unit, per SPEC's staircase table."""
+    """dz for a staircase unit, per docs/spec.md's staircase table."""
     op = opmath_dtype(z.dtype)
     gf, zf = g.to(op), z.to(op)
     if rule == "ste":
@@ -236,5 +222,6 @@ __all__ = [
     "STEP_RULES", "STAIRCASE_RULES", "STEP_VALUES", "ESTIMATOR_RULES",
     "target", "batch_size", "opmath_dtype",
     "step_forward", "step_slope", "step_backward", "step_loss", "step",
-    "staircase_u", "staircase_forward", "staircase_count", "staircase_backward", "staircase",
+    "staircase_u", "staircase_forward", "staircase_count", "staircase_backward", "staircase_loss",
+    "staircase",
 ]

@@ -24,12 +24,10 @@ INT_VIEW = {
 }
 
 INF, NAN = math.inf, math.nan
-# z at and around every threshold, window edge and special value of SPEC's step table.
+# z at and around every threshold, window edge and special value of docs/spec.md's step table.
 Z_STEP = [0.0, -0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5, 1.5, -1.5, 1e-30, -1e-30, 0.999, 1.001,
           -0.999, -1.001, 1.999, 2.001, 9.0, -9.0, 30.0, -30.0, 65000.0, INF, -INF, NAN]
 G_BOUNDARY = [0.0, -0.0, 1.0, -1.0, 0.25, -3.0, 1e-30, INF, -INF, NAN]
-# Largest slope of each smooth step rule (SPEC's table; the 8-bit compact code's range).
-SLOPE_MAX = {"soft_hinge": 1.0, "ramp": 1.0, "sigmoid": 0.5, "lecun_tanh": 1.7519 * 2 / 3}
 
 
 def staircase_boundary(steps, lo, hi):

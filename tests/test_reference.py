@@ -1,10 +1,11 @@
-"""The oracle itself, against small hand-computed tables and SPEC's identities."""
+"""The oracle itself, against small hand-computed tables and the identities of docs/spec.md."""
 import math
 
 import pytest
 import torch
 
 from ftprop_cuda import reference as ref
+from ftprop_cuda import rules
 
 nan, inf = math.nan, math.inf
 
@@ -28,7 +29,7 @@ def test_step_forward_table(values, expected):
     assert_eq(ref.step_forward(z, values), expected)
 
 
-# (rule, values, z, slope at t = -1, i.e. g > 0), computed by hand from SPEC's table.
+# (rule, values, z, slope at t = -1, i.e. g > 0), computed by hand from docs/spec.md's table.
 SLOPE_TABLE = [
     ("ste", "pm1", [-5.0, 0.0, 5.0], [1, 1, 1]),
     ("sste", "pm1", [-1.5, -1.0, 0.0, 1.0, 1.5], [0, 1, 1, 1, 0]),
@@ -107,7 +108,7 @@ def test_staircase_backward_tables():
 
 
 # ---------------------------------------------------------------------------------------------
-# SPEC's identities, on random inputs
+# The identities of docs/spec.md, on random inputs
 # ---------------------------------------------------------------------------------------------
 def _rand(seed, n=10000):
     gen = torch.Generator().manual_seed(seed)
@@ -138,8 +139,7 @@ def test_ste_is_weighted_linear_loss():
     torch.testing.assert_close(ref.step_backward(g, z, "ste"), g.abs() * -t, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("rule", ["soft_hinge", "saturated_hinge", "hinge", "perceptron",
-                                  "sigmoid", "lecun_tanh"])
+@pytest.mark.parametrize("rule", [r.name for r in rules.rules_of("step") if not r.estimator])
 def test_weighted_gradient_is_abs_g_times_loss_derivative(rule):
     """dz = |g| * dL/dz for every loss rule, with dL/dz from autograd of step_loss."""
     z = (_rand(6, 2000) * 1.3).requires_grad_(True)
@@ -148,3 +148,23 @@ def test_weighted_gradient_is_abs_g_times_loss_derivative(rule):
     ref.step_loss(z, t, rule).backward(g.abs())
     mask = (z.detach().abs() - 1).abs() > 1e-9  # kinks of the piecewise losses
     torch.testing.assert_close(ref.step_backward(g, z.detach(), rule)[mask], z.grad[mask])
+
+
+@pytest.mark.parametrize("rule", [r for r in rules.STAIRCASE_RULES
+                                  if rules.has_layer_loss("staircase", r)])
+@pytest.mark.parametrize("steps,lo,hi", [(3, 0.0, 1.0), (5, -0.5, 1.5)])
+def test_staircase_weighted_gradient_is_abs_g_times_loss_derivative(rule, steps, lo, hi):
+    """The same for the staircase losses (ste: the linear loss -t z), with dL/dz from autograd."""
+    z = (_rand(8, 2000) * (hi - lo) / 2 + (lo + hi) / 2).requires_grad_(True)
+    g = _rand(9, 2000)
+    t = ref.target(g)
+    ref.staircase_loss(z, t, steps, lo, hi, rule).backward(g.abs())
+    dz = ref.staircase_backward(g, z.detach(), steps, lo, hi, rule)
+    v = (z.detach() - lo) / (hi - lo) * (steps - 1)
+    mask = ((v - v.round()).abs() > 1e-9)  # kinks of the saturated hinges at every threshold
+    torch.testing.assert_close(dz[mask], z.grad[mask])
+
+
+def test_staircase_loss_is_none_for_sste():
+    z = T([0.5])
+    assert ref.staircase_loss(z, ref.target(z), 3, 0.0, 1.0, "sste") is None

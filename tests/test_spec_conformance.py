@@ -1,12 +1,14 @@
-"""Independent conformance tests of the public API against docs' math contract (SPEC.md).
+"""Independent conformance tests of the public API against the math contract, docs/spec.md.
 
-The oracle below is written from SPEC.md alone (not from ftprop_cuda.reference or the kernels):
-- forward passes are recomputed in the op-math precision SPEC prescribes (float16/bfloat16 in
-  float32 and rounded once, float32 in float32, float64 in float64) and compared as bits;
-- backward passes are recomputed from SPEC's formulas: each unit's slope factor (and the
-  staircase's u = (z - lo) / (hi - lo) with everything derived from it) in the op-math precision
-  SPEC fixes, literally in the order written, then multiplied by g (or -t / B ...) in float64;
-  compared with a stated tolerance, NaN and infinities exactly.
+The oracle below is written from docs/spec.md alone (not from ftprop_cuda.reference or the
+kernels):
+- forward passes are recomputed in the op-math precision the contract prescribes
+  (float16/bfloat16 in float32 and rounded once, float32 in float32, float64 in float64) and
+  compared as bits;
+- backward passes are recomputed from the contract's formulas: each unit's slope factor (and
+  the staircase's u = (z - lo) / (hi - lo) with everything derived from it) in the op-math
+  precision the contract fixes, literally in the order written, then multiplied by g (or
+  -t / B ...) in float64; compared with a stated tolerance, NaN and infinities exactly.
 """
 import math
 
@@ -19,14 +21,14 @@ F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float6
 DTYPES = [F16, BF16, F32, F64]
 DT_IDS = ["f16", "bf16", "f32", "f64"]
 
-SPEC_STEP_RULES = ("ste", "sste", "ramp", "soft_hinge", "saturated_hinge", "hinge", "perceptron",
-                   "sigmoid", "lecun_tanh")
-SPEC_STAIRCASE_RULES = ("ste", "sste", "soft_hinge", "saturated_hinge")
+CONTRACT_STEP_RULES = ("ste", "sste", "ramp", "soft_hinge", "saturated_hinge", "hinge",
+                       "perceptron", "sigmoid", "lecun_tanh")
+CONTRACT_STAIRCASE_RULES = ("ste", "sste", "soft_hinge", "saturated_hinge")
 ESTIMATORS = ("ste", "sste", "ramp")
 # save="compact" keeps an 8-bit slope code for the rules whose slope is not an interval
 # indicator (the docstring's "smooth rules": 'auto' keeps z for them, which includes ramp).
 COMPACT_APPROX = ("ramp", "soft_hinge", "sigmoid", "lecun_tanh")
-# (backend, save) pairs that must be exact with respect to SPEC.
+# (backend, save) pairs that must be exact with respect to the contract.
 CONFIGS = [("reference", "auto"), ("kernel", "auto"), ("kernel", "z"), ("auto", "auto")]
 CFG_IDS = ["ref", "kernel-auto", "kernel-z", "auto"]
 # The forward must be exact whatever is saved for the backward, 'compact' included.
@@ -122,7 +124,7 @@ def assert_close_spec(got, exp64, dtype, scale, context="", z=None, g=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# The oracle, written from SPEC.md
+# The oracle, written from docs/spec.md
 # ----------------------------------------------------------------------------------------------
 def ind(c):
     """[c]: 1 where c holds, 0 elsewhere (comparisons with NaN are false)."""
@@ -149,8 +151,9 @@ def oracle_step_forward(z, values):
 def oracle_staircase_u(z, lo, hi, range_in_double=False):
     """u = (z - lo) / (hi - lo) in op-math precision (lo, hi exact there for our configs).
 
-    range_in_double: the other reading of SPEC for lo, hi not exact in op-math precision: the
-    parameter difference hi - lo is formed in double (Python) and rounded once to op-math."""
+    range_in_double: the other reading of the contract for lo, hi not exact in op-math
+    precision: the parameter difference hi - lo is formed in double (Python) and rounded once to
+    op-math."""
     c = opmath(z.dtype)
     zc = z.to(c)
     lo_c = torch.tensor(lo, dtype=c)
@@ -172,8 +175,9 @@ def oracle_staircase_forward(z, K, lo, hi, range_in_double=False):
 
 def step_bracket(rule, values, z, t):
     """The table's per-unit slope factor: weighted dz = g * s, unweighted dz = -t * s / B
-    (estimators: dz = g * s in both modes). z and t are in op-math precision (SPEC: arithmetic
-    runs there; this decides e.g. whether 1 - tanh(10)^2 is 0, and so whether inf * s is NaN)."""
+    (estimators: dz = g * s in both modes). z and t are in op-math precision (docs/spec.md:
+    arithmetic runs there; this decides e.g. whether 1 - tanh(10)^2 is 0, and so whether
+    inf * s is NaN)."""
     dt = z.dtype
     one, zero = torch.ones((), dtype=dt), torch.zeros((), dtype=dt)
 
@@ -217,7 +221,7 @@ STEP_SMAX = {"ste": 1.0, "sste": 1.0, "ramp": 1.0, "soft_hinge": 1.0, "saturated
 
 
 def oracle_step_backward(rule, values, grad_scale, z, g):
-    """SPEC's dz in float64, and the scale used for the absolute tolerance."""
+    """The contract's dz in float64, and the scale used for the absolute tolerance."""
     g64 = g.to(F64)
     t = target(g64)
     c = opmath(z.dtype)
@@ -241,7 +245,7 @@ def oracle_staircase_backward(rule, K, lo, hi, grad_scale, z, g):
     if rule == "sste":
         return g64 * ind((0 <= u) & (u <= 1)), gscale
     if rule == "soft_hinge":
-        s = (1 - torch.tanh(2 * u - 1) ** 2).to(F64)  # op-math, as SPEC prescribes
+        s = (1 - torch.tanh(2 * u - 1) ** 2).to(F64)  # op-math, as the contract prescribes
         if grad_scale:
             return g64 * s, gscale
         return -t * s / (B * (hi - lo)), torch.full_like(g64, 1.0 / (B * (hi - lo)))
@@ -318,7 +322,7 @@ def run_staircase(z, g, backend, save, **kw):
 @pytest.mark.parametrize("cfg", FWD_CONFIGS, ids=FWD_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 @pytest.mark.parametrize("values", ["pm1", "01"])
-@pytest.mark.parametrize("rule", SPEC_STEP_RULES)
+@pytest.mark.parametrize("rule", CONTRACT_STEP_RULES)
 def test_step_forward_bits(rule, values, dtype, cfg):
     backend, save = cfg
     zs = torch.cat([step_z_grid(dtype), random_2d(dtype, 1)[0].flatten()])
@@ -334,7 +338,7 @@ def test_step_forward_bits(rule, values, dtype, cfg):
 
 @pytest.mark.parametrize("cfg", FWD_CONFIGS, ids=FWD_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
-@pytest.mark.parametrize("rule", SPEC_STAIRCASE_RULES)
+@pytest.mark.parametrize("rule", CONTRACT_STAIRCASE_RULES)
 def test_staircase_forward_bits(rule, dtype, cfg):
     backend, save = cfg
     for K, lo, hi in STAIR_CFGS:
@@ -365,8 +369,8 @@ def test_staircase_paper_levels():
 
 
 def test_staircase_nonrepresentable_range_is_backend_consistent():
-    """lo/hi not exact in float32: SPEC leaves how hi - lo is rounded implicit, but every backend
-    must give the same bits, and the result must match one op-math reading."""
+    """lo/hi not exact in float32: docs/spec.md forms hi - lo in double and rounds it once;
+    every backend must give the same bits, and the result must match one op-math reading."""
     for dtype in DTYPES:
         for K, lo, hi in [(3, 0.1, 0.7), (5, -0.3, 0.45)]:
             zs = torch.cat([staircase_z_grid(dtype, K, lo, hi),
@@ -388,7 +392,7 @@ def test_staircase_nonrepresentable_range_is_backend_consistent():
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 @pytest.mark.parametrize("grad_scale", [True, False], ids=["weighted", "unweighted"])
 @pytest.mark.parametrize("values", ["pm1", "01"])
-@pytest.mark.parametrize("rule", SPEC_STEP_RULES)
+@pytest.mark.parametrize("rule", CONTRACT_STEP_RULES)
 def test_step_backward(rule, values, grad_scale, dtype, cfg):
     backend, save = cfg
     Zb, Gb = grid_2d(step_z_grid(dtype), dtype)
@@ -405,7 +409,7 @@ def test_step_backward(rule, values, grad_scale, dtype, cfg):
 @pytest.mark.parametrize("cfg", CONFIGS[:3], ids=CFG_IDS[:3])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 @pytest.mark.parametrize("grad_scale", [True, False], ids=["weighted", "unweighted"])
-@pytest.mark.parametrize("rule", SPEC_STAIRCASE_RULES)
+@pytest.mark.parametrize("rule", CONTRACT_STAIRCASE_RULES)
 def test_staircase_backward(rule, grad_scale, dtype, cfg):
     backend, save = cfg
     for K, lo, hi in STAIR_CFGS:
@@ -429,7 +433,7 @@ def test_zero_dim_and_1d(grad_scale, dtype, cfg):
     backend, save = cfg
     zs = [0.0, -0.0, 1.0, -1.0, 1.5, -2.0, 0.3, INF, NAN]
     gs = [0.0, 2.0, -0.5, INF, NAN]
-    for rule in SPEC_STEP_RULES:
+    for rule in CONTRACT_STEP_RULES:
         for values in ("pm1", "01"):
             for zv in zs:
                 for gv in gs:
@@ -445,7 +449,7 @@ def test_zero_dim_and_1d(grad_scale, dtype, cfg):
             y, dz = run_step(Z, G, backend, save, rule=rule, values=values, grad_scale=grad_scale)
             exp, scale = oracle_step_backward(rule, values, grad_scale, Z, G)
             assert_close_spec(dz, exp, dtype, scale, f"1-D {rule} {values}", Z, G)
-    for rule in SPEC_STAIRCASE_RULES:
+    for rule in CONTRACT_STAIRCASE_RULES:
         for zv in [0.0, -0.0, 0.5, 1.0, 0.25, 2.0, -1.0, INF, NAN]:
             for gv in gs:
                 z = torch.tensor(zv, dtype=dtype)
@@ -462,7 +466,7 @@ def test_compact_save_within_documented_bound(grad_scale, dtype):
     """save='compact': exact for the interval rules; slope error <= s_max / 508 for smooth ones."""
     Zb, Gb = grid_2d(step_z_grid(dtype), dtype)
     Zr, Gr = random_2d(dtype, 4, scale=2.0)
-    for rule in SPEC_STEP_RULES:
+    for rule in CONTRACT_STEP_RULES:
         for values in ("pm1", "01"):
             for Z, G in ((Zb, Gb), (Zr, Gr)):
                 _, dz = run_step(Z, G, "kernel", "compact", rule=rule, values=values,
@@ -482,7 +486,7 @@ def test_compact_save_within_documented_bound(grad_scale, dtype):
                 assert_close_spec(dz, exp, dtype, scale, f"compact {rule} {values}", Z_, G_)
     for K, lo, hi in STAIR_CFGS:
         Z, G = grid_2d(staircase_z_grid(dtype, K, lo, hi), dtype)
-        for rule in SPEC_STAIRCASE_RULES:
+        for rule in CONTRACT_STAIRCASE_RULES:
             _, dz = run_staircase(Z, G, "kernel", "compact", steps=K, lo=lo, hi=hi, rule=rule,
                                   grad_scale=grad_scale)
             exp, scale = oracle_staircase_backward(rule, K, lo, hi, grad_scale, Z, G)
@@ -527,7 +531,7 @@ def test_nan_and_inf_propagation_examples():
 
 
 # ----------------------------------------------------------------------------------------------
-# Identities from SPEC
+# Identities from docs/spec.md
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", ["reference", "kernel"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
@@ -562,7 +566,7 @@ def test_identities(dtype, backend):
         # loss rules: unweighted(g) == weighted(sign(g)) / B, and values= does not matter
         B = Z.shape[0]
         sgn = torch.sign(G).nan_to_num(0.0)
-        for rule in SPEC_STEP_RULES:
+        for rule in CONTRACT_STEP_RULES:
             _, un = run_step(Z, G, backend, "auto", rule=rule, grad_scale=False)
             _, un01 = run_step(Z, G, backend, "auto", rule=rule, values="01", grad_scale=False)
             if rule in ESTIMATORS:
@@ -593,12 +597,12 @@ def _raises(exc, fn, *needles):
 def test_bad_rule_and_values():
     z = torch.zeros(3)
     msg = _raises(ValueError, lambda: ftprop_cuda.step(z, rule="nope"), "rule", "nope")
-    assert all(r in msg for r in SPEC_STEP_RULES), msg
+    assert all(r in msg for r in CONTRACT_STEP_RULES), msg
     msg = _raises(ValueError, lambda: ftprop_cuda.step(z, values="pm2"), "values", "pm2")
     assert "pm1" in msg and "01" in msg
     for r in ("hinge", "ramp", "sigmoid", "perceptron", "lecun_tanh", "nope"):
         msg = _raises(ValueError, lambda: ftprop_cuda.staircase(z, rule=r), "rule", r)
-        assert all(s in msg for s in SPEC_STAIRCASE_RULES), msg
+        assert all(s in msg for s in CONTRACT_STAIRCASE_RULES), msg
     for bad in (None, 3, "Hinge", ""):
         _raises((ValueError, TypeError), lambda: ftprop_cuda.step(z, rule=bad), "rule",
                 repr(bad))
@@ -609,8 +613,8 @@ def test_bad_rule_and_values():
     msg = _raises(ValueError, lambda: ftprop_cuda.Step(rule="nope"), "rule", "nope")
     msg = _raises(ValueError, lambda: ftprop_cuda.Step(values="x"), "values", "'x'")
     msg = _raises(ValueError, lambda: ftprop_cuda.Staircase(rule="hinge"), "rule", "hinge")
-    assert set(ftprop_cuda.STEP_RULES) == set(SPEC_STEP_RULES)
-    assert set(ftprop_cuda.STAIRCASE_RULES) == set(SPEC_STAIRCASE_RULES)
+    assert set(ftprop_cuda.STEP_RULES) == set(CONTRACT_STEP_RULES)
+    assert set(ftprop_cuda.STAIRCASE_RULES) == set(CONTRACT_STAIRCASE_RULES)
 
 
 def test_bad_steps_lo_hi():
@@ -665,8 +669,8 @@ def test_build_info():
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 def test_empty(dtype, backend):
     for shape in ((0,), (0, 3), (4, 0), (2, 0, 5)):
-        for fn, rules in ((ftprop_cuda.step, SPEC_STEP_RULES),
-                          (ftprop_cuda.staircase, SPEC_STAIRCASE_RULES)):
+        for fn, rules in ((ftprop_cuda.step, CONTRACT_STEP_RULES),
+                          (ftprop_cuda.staircase, CONTRACT_STAIRCASE_RULES)):
             for rule in rules:
                 for gs in (True, False):
                     z = torch.empty(shape, dtype=dtype).requires_grad_()
@@ -691,14 +695,14 @@ def test_non_contiguous_same_bits(dtype, cfg):
         assert not zv.is_contiguous()
         zc, gc = zv.contiguous(), gv.contiguous()
         for gsc in (True, False):
-            for rule in SPEC_STEP_RULES:
+            for rule in CONTRACT_STEP_RULES:
                 for values in ("pm1", "01"):
                     kw = dict(rule=rule, values=values, grad_scale=gsc)
                     y1, d1 = run_step(zv, gv, backend, save, **kw)
                     y2, d2 = run_step(zc, gc, backend, save, **kw)
                     assert_same_bits(y1, y2, f"non-contiguous step fwd {kw}")
                     assert_same_bits(d1, d2, f"non-contiguous step bwd {kw}")
-            for rule in SPEC_STAIRCASE_RULES:
+            for rule in CONTRACT_STAIRCASE_RULES:
                 for K, lo, hi in ((3, 0.0, 1.0), (5, -2.5, 1.5)):
                     kw = dict(steps=K, lo=lo, hi=hi, rule=rule, grad_scale=gsc)
                     y1, d1 = run_staircase(zv, gv, backend, save, **kw)
@@ -709,7 +713,7 @@ def test_non_contiguous_same_bits(dtype, cfg):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 def test_backends_agree_bitwise_on_forward(dtype):
-    """Every backend computes the same forward bits (SPEC: bit-identical on every backend)."""
+    """Every backend computes the same forward bits (docs/spec.md: bit-identical everywhere)."""
     zs = torch.cat([step_z_grid(dtype), staircase_z_grid(dtype, 5, -2.5, 1.5)])
     for values in ("pm1", "01"):
         ys = [ftprop_cuda.step(zs, values=values, backend=b) for b in ("reference", "kernel")]
@@ -723,7 +727,7 @@ def test_modules_match_functional():
     gen = torch.Generator().manual_seed(3)
     z = torch.randn(16, 9, generator=gen)
     g = torch.randn(16, 9, generator=gen)
-    for rule in SPEC_STEP_RULES:
+    for rule in CONTRACT_STEP_RULES:
         m = ftprop_cuda.Step(rule=rule, values="01", grad_scale=False)
         zm = z.clone().requires_grad_()
         ym = m(zm)
@@ -731,7 +735,7 @@ def test_modules_match_functional():
         yf, df = run_step(z, g, "auto", "auto", rule=rule, values="01", grad_scale=False)
         assert_same_bits(ym.detach(), yf, "Step module fwd")
         assert_same_bits(zm.grad, df, "Step module bwd")
-    for rule in SPEC_STAIRCASE_RULES:
+    for rule in CONTRACT_STAIRCASE_RULES:
         m = ftprop_cuda.Staircase(steps=5, lo=-1.0, hi=3.0, rule=rule, grad_scale=False)
         zm = z.clone().requires_grad_()
         ym = m(zm)

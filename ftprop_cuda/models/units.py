@@ -3,7 +3,7 @@ import torch
 
 from .. import functional as F
 from ..nn import Staircase, Step
-from ..reference import STAIRCASE_RULES, STEP_RULES
+from ..rules import ALL_RULES, STAIRCASE_RULES, STEP_RULES
 
 NONLINS = ("step", "step01", "qrelu", "qrelu5", "relu", "threshrelu")
 
@@ -14,7 +14,6 @@ _HARD_THRESHOLD = {
     "qrelu": (Staircase, {"steps": 3}),     # 2-bit quantized ReLU (released code: "staircase3")
     "qrelu5": (Staircase, {"steps": 5}),    # 6-level quantized ReLU (released code: "staircase"), ResNet-18
 }
-ALL_RULES = tuple(dict.fromkeys(STEP_RULES + STAIRCASE_RULES))
 
 
 class ThresholdReLU(torch.nn.Module):
