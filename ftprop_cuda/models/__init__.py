@@ -100,9 +100,11 @@ def build_model_with_notes(arch, nonlin="step", rule="soft_hinge", grad_scale=Tr
                            num_classes=10, in_channels=3, image_size=32, bn=True, backend="auto"):
     """build_model's network and a list of lines about how it was built (empty for most)."""
     from .. import functional as F
-    from .units import check_unit_args, make_unit
+    from .units import check_unit_args, is_hard_threshold, make_unit
 
     record = architecture(arch)
+    if rule is None and not is_hard_threshold(nonlin):
+        rule = "soft_hinge"  # full-precision units have no rule; make_unit ignores this one
     check_unit_args(nonlin, rule, grad_scale, backend)
     _check_positive_int("num_classes", num_classes)
     _check_positive_int("in_channels", in_channels)
@@ -122,7 +124,7 @@ def build_model(arch, nonlin="step", rule="soft_hinge", grad_scale=True, num_cla
     """One of ARCHS (or `torchvision:NAME`) with every hidden activation a fresh `nonlin` unit.
 
     rule and grad_scale set the hard-threshold units' backward (rule names of docs/spec.md;
-    ignored by 'relu' and 'threshrelu'); backend is the ops' backend. Raises ValueError naming
+    ignored by 'relu' and 'threshrelu', for which rule may be None); backend is the ops' backend. Raises ValueError naming
     the bad argument.
     """
     return build_model_with_notes(arch, nonlin, rule, grad_scale, num_classes, in_channels,
