@@ -162,6 +162,7 @@ def _describe_load_failure(path, exc):
 
 
 def _check_type(path, where, value, types, expected):
+    types = types if isinstance(types, tuple) else (types,)
     # bool is an int to Python but never a valid count or rate here
     if isinstance(value, bool) and bool not in types:
         ok = False

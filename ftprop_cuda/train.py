@@ -13,6 +13,7 @@ arguments or unusable files (one line on stderr); 3 the training loss stopped be
 """
 import argparse
 import contextlib
+import json
 import math
 import os
 import signal
@@ -70,8 +71,9 @@ class Diverged(Exception):
     """The training loss stopped being finite: the run stops, exit code 3."""
 
 
-class Terminated(Exception):
-    """SIGTERM arrived (Slurm, Kubernetes): handled like SIGINT, exit code 143."""
+class Terminated(BaseException):
+    """SIGTERM arrived (Slurm, Kubernetes): handled like SIGINT, exit code 143. A BaseException,
+    as KeyboardInterrupt, so that no `except Exception` on the way swallows it."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,7 +296,7 @@ def resolve_config(args, checkpoint=None, notes=None):
             notes.append(f"{PROG}: note: --rule {explicit['rule']} has no effect with --nonlin "
                          f"{cfg['nonlin']} (no hard-threshold units); the config records rule null")
         cfg["rule"] = None
-    if checkpoint is not None and not args.eval and checkpoint["epoch"] >= cfg["epochs"]:
+    if checkpoint is not None and not args.eval and checkpoint["epoch"] > cfg["epochs"]:
         raise UsageError(f"checkpoint {args.resume} is at epoch {checkpoint['epoch']}: --epochs "
                          f"must be > {checkpoint['epoch']} to continue (got {cfg['epochs']})")
     return cfg
@@ -519,8 +521,12 @@ def _fmt_record(rec, epochs):
     return line + f"  ({rec['seconds']:.1f} s)"
 
 
+def _timestamp():
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
 def _default_name(cfg):
-    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg['dataset']}-{cfg['arch']}-{cfg['nonlin']}"
+    name = f"{_timestamp()}-{cfg['dataset']}-{cfg['arch']}-{cfg['nonlin']}"
     if cfg["rule"] is not None:
         name += f"-{cfg['rule']}" + ("" if cfg["grad_scale"] else "-unweighted")
     return name.replace(TORCHVISION_PREFIX, "tv-")
@@ -644,6 +650,8 @@ def _write_config(out, cfg, args, d, s, train_set, test_set):
                "start_epoch": s.start, "device": str(d.device), "world_size": d.world,
                "build": build_info(), "train_examples": len(train_set),
                "test_examples": len(test_set)}
+    # plain JSON types only: checkpoints are read back with torch.load(weights_only=True)
+    runtime = json.loads(runio.dumps(runtime, default=str))
     s.invocations.append(runtime)
     runio.write_text(os.path.join(out, "config.json"), runio.dumps(
         {**cfg, "runtime": runtime, "invocations": s.invocations}, indent=2, default=str) + "\n")
@@ -773,6 +781,11 @@ def main(argv=None):
             cfg = resolve_config(args, ckpt, notes)
         for line in notes:
             say(line)
+        if args.resume and ckpt["epoch"] == cfg["epochs"]:
+            # a finished run resumed again (a re-run sweep, say): nothing to train, nothing written
+            say(f"{PROG}: nothing to do: checkpoint {args.resume} is already at epoch "
+                f"{ckpt['epoch']} = --epochs; pass --epochs N > {ckpt['epoch']} to train on")
+            return 0
         d = _init_distributed(cfg, args.dist_timeout)
         return (evaluate if args.eval else train)(cfg, args, ckpt, d, say)
     except (UsageError, DataError) as exc:

@@ -62,7 +62,7 @@ def test_import_and_bad_flags_do_not_import_torch(tmp_path):
 def test_diverging_run_stops_with_exit_3(tmp_path):
     out = str(tmp_path / "nan")
     code, _, stderr = run(fast("--dataset", "digits", "--train-limit", "200", "--opt", "sgd",
-                               "--lr", "1e6", "--epochs", "3", "--out", out))
+                               "--lr", "1e20", "--epochs", "3", "--out", out))
     assert code == train.EXIT_DIVERGED == 3
     assert one_error_line(stderr) and "not finite at epoch 1, step" in stderr, stderr
     assert not os.path.exists(os.path.join(out, "last.pt"))
@@ -118,7 +118,7 @@ def test_metrics_never_hold_nan_or_infinity(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 def test_default_folders_are_unique_within_a_second(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(train.time, "strftime", lambda fmt: "20260101-000000")
+    monkeypatch.setattr(train, "_timestamp", lambda: "20260101-000000")
     finals = []
     for _ in range(2):
         code, stdout, stderr = run(fast(*SMALL, "--epochs", "1", "--train-limit", "64"))
@@ -198,14 +198,15 @@ def test_sigterm_is_handled_like_sigint(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Resume limits and invocations (item 7)
 # ---------------------------------------------------------------------------------------------
-def test_resume_to_fewer_epochs_is_rejected_and_invocations_are_kept(one_epoch, tmp_path):
+def test_resume_epochs_and_invocations(one_epoch, tmp_path):
     last = os.path.join(one_epoch, "last.pt")
     config_path = os.path.join(one_epoch, "config.json")
     before = open(config_path).read()
+    # a finished run resumed again: nothing to do, nothing written
     for extra in (["--epochs", "1"], []):
-        code, _, stderr = run(fast("--resume", last, *extra))
-        assert code == 2 and one_error_line(stderr), stderr
-        assert "is at epoch 1: --epochs must be > 1" in stderr
+        code, stdout, stderr = run(fast("--resume", last, *extra))
+        assert code == 0 and stdout == "", stderr
+        assert stderr.startswith("ftprop-train: nothing to do: checkpoint") and "epoch 1" in stderr
     assert open(config_path).read() == before
     out = str(tmp_path / "continued")
     code, _, stderr = run(fast("--resume", last, "--epochs", "2", "--out", out))
@@ -215,6 +216,12 @@ def test_resume_to_fewer_epochs_is_rejected_and_invocations_are_kept(one_epoch, 
     assert first["argv"] == json.loads(before)["runtime"]["argv"]
     assert first["resumed_from"] is None and second["resumed_from"] == last
     assert second["start_epoch"] == 2 and config["runtime"] == second and config["epochs"] == 2
+    # fewer epochs than the checkpoint holds: rejected, config.json untouched
+    before = open(os.path.join(out, "config.json")).read()
+    code, _, stderr = run(fast("--resume", os.path.join(out, "last.pt"), "--epochs", "1"))
+    assert code == 2 and one_error_line(stderr), stderr
+    assert "is at epoch 2: --epochs must be > 2 to continue (got 1)" in stderr
+    assert open(os.path.join(out, "config.json")).read() == before
 
 
 # ---------------------------------------------------------------------------------------------
