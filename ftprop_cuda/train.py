@@ -587,7 +587,8 @@ class _State:
         _load_state(self.net, ckpt["model"], "model", path)
         _load_state(self.optimizer, ckpt["optimizer"], "optimizer", path)
         _load_state(self.scheduler, ckpt["scheduler"], "scheduler", path)
-        self.start, self.history, self.best = ckpt["epoch"] + 1, list(ckpt["history"]), ckpt.get("best")
+        self.start, self.history = ckpt["epoch"] + 1, list(ckpt["history"])
+        self.best = ckpt.get("best")
         rng = ckpt["rng"]
         if len(rng) == d.world:
             try:

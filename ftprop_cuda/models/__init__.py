@@ -124,8 +124,8 @@ def build_model(arch, nonlin="step", rule="soft_hinge", grad_scale=True, num_cla
     """One of ARCHS (or `torchvision:NAME`) with every hidden activation a fresh `nonlin` unit.
 
     rule and grad_scale set the hard-threshold units' backward (rule names of docs/spec.md;
-    ignored by 'relu' and 'threshrelu', for which rule may be None); backend is the ops' backend. Raises ValueError naming
-    the bad argument.
+    ignored by 'relu' and 'threshrelu', for which rule may be None); backend is the ops'
+    backend. Raises ValueError naming the bad argument.
     """
     return build_model_with_notes(arch, nonlin, rule, grad_scale, num_classes, in_channels,
                                   image_size, bn, backend)[0]
