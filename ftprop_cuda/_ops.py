@@ -116,70 +116,26 @@ if LOADED:
         return _empty_like_contiguous(grad)
 
     # Second derivatives. The surrogate backward dz = F(g, z) is g s(z, t) (weighted) or
-    # -t s(z, t) / B (normalised), with t = -sign(g) piecewise constant in g: dF/dg = s (weighted;
-    # zero normalised) and dF/dz = g s' or -t s' / B, where s' = ds/dz is zero for the interval
-    # rules. A plain backward runs the kernel alone; when a graph is being built (create_graph=True
-    # or a torch.func transform: grad mode is on in the backward) the kernel runs inside one of the
-    # Functions below, whose backward forms these derivatives in differentiable torch ops, as
-    # autograd forms them from the reference. None stands for a zero the reference also leaves out.
-    _INTERVAL_T_RULES = frozenset({"saturated_hinge", "hinge", "perceptron"})
+    # -t s(z, t) / B (normalised), with t = -sign(g) piecewise constant in g. A plain backward
+    # runs the kernel alone; when a graph is being built (create_graph=True or a torch.func
+    # transform: grad mode is on in the backward) the kernel runs inside one of the Functions
+    # below. Where z was kept, their backward differentiates the reference's F, so second
+    # derivatives are the reference's by construction and a new rule needs no formula here.
+    # Where only a code was kept (interval rules: ds/dz = 0), dF/dg is the decoded slope.
+    # Step rules with a two-window code: their slope depends on t (docs/spec.md, "Saved state").
+    _T_DEPENDENT_STEP_RULES = frozenset(
+        r.name for r in rules.rules_of("step") if r.code_bits() == 2)
 
-    def _values(zero_one):
-        return "01" if zero_one else "pm1"
+    def _reference_vjp(reference_backward, gg, grad, z, needs):
+        """gg times the derivatives of the reference's surrogate backward in (grad, z).
 
-    def _chain(gg, partial, like):
-        """gg * partial in op-math, rounded to like's dtype (the reference's casts); None for 0."""
-        if gg is None or partial is None:
-            return None
-        return (gg.to(partial.dtype) * partial).to(like.dtype)
+        torch.func.vjp rather than autograd.grad: it also runs inside torch.func transforms."""
+        _, vjp_fn = torch.func.vjp(reference_backward, grad, z)
+        return tuple(d if need else None for d, need in zip(vjp_fn(gg), needs))
 
-    def _step_slope_dz(z, rule, zero_one):
-        """ds/dz of the step rules on op-math z; None for the interval rules (s' = 0)."""
-        zero = torch.zeros_like(z)
-        if rule == "ramp":
-            if zero_one:
-                up = torch.where((z > -1) & (z < 0), torch.ones_like(z), zero)
-                return torch.where((z > 1) & (z < 2), -torch.ones_like(z), up)
-            a = z.abs()
-            return torch.where((a > 1) & (a < 2), -torch.sign(z), zero)
-        if rule == "soft_hinge":
-            th = torch.tanh(z)
-            return -2 * th * (1 - th * th)
-        if rule == "sigmoid":
-            p = torch.sigmoid(2 * z)
-            return 4 * p * (1 - p) * (1 - 2 * p)
-        if rule == "lecun_tanh":
-            th = torch.tanh(2 * z / 3)
-            return -(_ref.LECUN_A * 8 / 9) * th * (1 - th * th)
-        return None
-
-    def _step_partials(grad, z, rule, zero_one, grad_scale):
-        """(dF/dg, dF/dz) of the step surrogate, in op-math; None where zero."""
-        op = _ref.opmath_dtype(z.dtype)
-        g, zf = grad.to(op), z.to(op)
-        t = _ref.target(g)
-        ds = _step_slope_dz(zf, rule, zero_one)
-        if grad_scale or rule in _ref.ESTIMATOR_RULES:
-            slope = _ref.step_slope(zf, t, rule, _values(zero_one))
-            return slope, None if ds is None else g * ds
-        return None, None if ds is None else -t * ds / _ref.batch_size(z)
-
-    def _staircase_partials(grad, z, steps, lo, hi, rule, grad_scale):
-        """(dF/dg, dF/dz) of the staircase surrogate, in op-math; None where zero."""
-        op = _ref.opmath_dtype(z.dtype)
-        g, zf = grad.to(op), z.to(op)
-        if rule == "ste":
-            return torch.ones_like(g), None
-        u = _ref.staircase_u(zf, lo, hi)
-        if rule == "sste":
-            return ((u >= 0) & (u <= 1)).to(op), None
-        if rule == "saturated_hinge":
-            return (_ref.staircase_count(u, steps) / steps if grad_scale else None), None
-        th = torch.tanh(2 * u - 1)  # soft_hinge: s = 1 - tanh(2u - 1)^2, du/dz = 1 / (hi - lo)
-        ds = -4 * th * (1 - th * th) / (hi - lo)
-        if grad_scale:
-            return 1 - th * th, g * ds
-        return None, -_ref.target(g) * ds / (_ref.batch_size(z) * (hi - lo))
+    def _chain(gg, slope, like):
+        """gg * slope in op-math, rounded to like's dtype (the reference's casts)."""
+        return (gg.to(slope.dtype) * slope).to(like.dtype)
 
     def _decoded_slope(grad, backward_saved):
         """s(z, t(g)) from a code: the weighted saved-code backward of sign(g) is sign(g) s."""
@@ -205,10 +161,12 @@ if LOADED:
         @staticmethod
         def backward(ctx, gg):
             grad, z = ctx.saved_tensors
-            d_g, d_z = _step_partials(grad, z, *ctx.args)
-            need_g, need_z = ctx.needs_input_grad[:2]
-            return (_chain(gg, d_g, grad) if need_g else None,
-                    _chain(gg, d_z, z) if need_z else None, None, None, None)
+            rule, zero_one, grad_scale = ctx.args
+            values = "01" if zero_one else "pm1"
+            d_g, d_z = _reference_vjp(
+                lambda g, zz: _ref.step_backward(g, zz, rule, values, grad_scale),
+                gg, grad, z, ctx.needs_input_grad[:2])
+            return d_g, d_z, None, None, None
 
     class _StaircaseBackward(torch.autograd.Function):
         """The z-saving staircase's kernel backward with its derivatives."""
@@ -228,10 +186,10 @@ if LOADED:
         @staticmethod
         def backward(ctx, gg):
             grad, z = ctx.saved_tensors
-            d_g, d_z = _staircase_partials(grad, z, *ctx.args)
-            need_g, need_z = ctx.needs_input_grad[:2]
-            return (_chain(gg, d_g, grad) if need_g else None,
-                    _chain(gg, d_z, z) if need_z else None, None, None, None, None, None)
+            d_g, d_z = _reference_vjp(
+                lambda g, zz: _ref.staircase_backward(g, zz, *ctx.args),
+                gg, grad, z, ctx.needs_input_grad[:2])
+            return d_g, d_z, None, None, None, None, None
 
     class _StepBackwardSaved(torch.autograd.Function):
         """The saved-code step backward (interval rules: s' = 0) with its derivative in g."""
@@ -255,7 +213,7 @@ if LOADED:
             grad, state = ctx.saved_tensors
             slope = _decoded_slope(grad, lambda g: torch.ops.ftprop_cuda._step_backward_saved(
                 g, state, ctx.rule, ctx.zero_one, True))
-            if ctx.rule in _INTERVAL_T_RULES:  # t = 0 where g is 0 or NaN, and s(z, 0) = 1
+            if ctx.rule in _T_DEPENDENT_STEP_RULES:  # g 0 or NaN: t = 0, and s(z, 0) = 1
                 slope = torch.where((grad == 0) | grad.isnan(), torch.ones_like(slope), slope)
             return _chain(gg, slope, grad), None, None, None, None
 
@@ -277,8 +235,8 @@ if LOADED:
         @staticmethod
         def backward(ctx, gg):
             steps, lo, hi, rule, grad_scale = ctx.args
-            if not (grad_scale or rule == "sste"):
-                return (None,) * 7  # saturated_hinge normalised: -t c / (K B (hi - lo))
+            if not (grad_scale or rules.get("staircase", rule).estimator):
+                return (None,) * 7  # the normalised -t c / (K B (hi - lo)): constant in g
             grad, state = ctx.saved_tensors
             slope = _decoded_slope(grad, lambda g: torch.ops.ftprop_cuda._staircase_backward_saved(
                 g, state, steps, lo, hi, rule, True))
