@@ -18,8 +18,8 @@ _LAZY = {
     "staircase": ".functional",
     "Step": ".nn",
     "Staircase": ".nn",
-    "STEP_RULES": ".reference",
-    "STAIRCASE_RULES": ".reference",
+    "STEP_RULES": ".rules",
+    "STAIRCASE_RULES": ".rules",
 }
 _SUBMODULES = ("reference", "functional", "nn", "_ops")
 

@@ -94,15 +94,12 @@ class _LazyChoices:
 
 
 def _rule_names():
-    try:
-        from .rules import STAIRCASE_RULES, STEP_RULES  # the torch-free rule registry
-    except ImportError:
-        from .reference import STAIRCASE_RULES, STEP_RULES
-    return tuple(dict.fromkeys(STEP_RULES + STAIRCASE_RULES))
+    from .rules import ALL_RULES  # the torch-free rule registry
+    return ALL_RULES
 
 
 def _nonlin_names():
-    from .models.units import NONLINS
+    from .models.nonlins import NONLINS
     return NONLINS
 
 
@@ -244,7 +241,7 @@ def _flatten_epochs(value):
 
 
 def _is_hard_threshold(nonlin):
-    from .models.units import is_hard_threshold
+    from .models.nonlins import is_hard_threshold
     return is_hard_threshold(nonlin)
 
 

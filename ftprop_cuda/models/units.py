@@ -3,17 +3,10 @@ import torch
 
 from .. import functional as F
 from ..nn import Staircase, Step
-from ..rules import ALL_RULES, STAIRCASE_RULES, STEP_RULES
+from ..rules import ALL_RULES
+from .nonlins import HARD_THRESHOLD, NONLINS, is_hard_threshold, rules_for
 
-NONLINS = ("step", "step01", "qrelu", "qrelu5", "relu", "threshrelu")
-
-# name -> (module class, constructor kwargs fixed by the name)
-_HARD_THRESHOLD = {
-    "step": (Step, {"values": "pm1"}),      # sign, +-1 (the paper's "step11")
-    "step01": (Step, {"values": "01"}),     # Heaviside, 0/1
-    "qrelu": (Staircase, {"steps": 3}),     # 2-bit quantized ReLU (released code: "staircase3")
-    "qrelu5": (Staircase, {"steps": 5}),    # 6-level quantized ReLU (released code: "staircase"), ResNet-18
-}
+_MODULES = {"step": Step, "staircase": Staircase}
 
 
 class ThresholdReLU(torch.nn.Module):
@@ -24,17 +17,10 @@ class ThresholdReLU(torch.nn.Module):
         return torch.relu(x).clamp(max=1.0)
 
 
-def is_hard_threshold(nonlin):
-    return nonlin in _HARD_THRESHOLD
-
-
 def supported_rules(nonlin):
     """The rules a nonlinearity accepts (all rule names for the full-precision ones, which ignore it)."""
     F.check_choice("nonlin", nonlin, NONLINS)
-    if nonlin not in _HARD_THRESHOLD:
-        return ALL_RULES
-    cls, _ = _HARD_THRESHOLD[nonlin]
-    return STEP_RULES if cls is Step else STAIRCASE_RULES
+    return rules_for(nonlin)
 
 
 def check_unit_args(nonlin, rule, grad_scale=True, backend="auto"):
@@ -58,5 +44,5 @@ def make_unit(nonlin, rule="soft_hinge", grad_scale=True, backend="auto"):
         return torch.nn.ReLU()
     if nonlin == "threshrelu":
         return ThresholdReLU()
-    cls, fixed = _HARD_THRESHOLD[nonlin]
-    return cls(rule=rule, grad_scale=grad_scale, backend=backend, **fixed)
+    family, fixed = HARD_THRESHOLD[nonlin]
+    return _MODULES[family](rule=rule, grad_scale=grad_scale, backend=backend, **fixed)
