@@ -41,8 +41,10 @@ KERNEL_DEVICES = frozenset(
 )
 
 
-def _empty_like_contiguous(z):
-    return z.new_empty(z.shape)
+def _empty_like_kernel(z):
+    """The kernels' output layout: z's strides where z is dense and non-overlapping (the memory
+    format is kept), else empty_like's dense strides in z's dimension order (elementwise_ops.h)."""
+    return torch.empty_like(z)
 
 
 # What the forward saves for the backward (save="auto" | "z" | "compact"); the C++ side has the
@@ -93,6 +95,15 @@ def staircase_saves_code(rule, steps, save):
     return saves_code(rule in _SMOOTH_STAIRCASE_RULES, staircase_code_bits(rule, steps), save)
 
 
+def _laid_out_like(grad, strides):
+    """grad in the forward output's memory order, which the code's (z's) is: the saved-code
+    backward kernels read grad's storage in that order."""
+    if grad.stride() == strides:
+        return grad
+    out = torch.empty_strided(grad.shape, strides, dtype=grad.dtype, device=grad.device)
+    return out.copy_(grad)
+
+
 def _code_like(z, bits):
     return z.new_empty(((z.numel() * bits + 7) // 8,), dtype=torch.uint8)
 
@@ -101,39 +112,39 @@ if LOADED:
 
     @torch.library.register_fake("ftprop_cuda::step")
     def _step_fake(z, rule, zero_one, grad_scale):
-        return _empty_like_contiguous(z)
+        return _empty_like_kernel(z)
 
     @torch.library.register_fake("ftprop_cuda::staircase")
     def _staircase_fake(z, steps, lo, hi, rule, grad_scale):
-        return _empty_like_contiguous(z)
+        return _empty_like_kernel(z)
 
     @torch.library.register_fake("ftprop_cuda::_step_backward")
     def _step_backward_fake(grad, z, rule, zero_one, grad_scale):
         torch._check(grad.shape == z.shape, lambda: "grad and z must have the same shape")
-        return _empty_like_contiguous(z)
+        return _empty_like_kernel(z)
 
     @torch.library.register_fake("ftprop_cuda::_staircase_backward")
     def _staircase_backward_fake(grad, z, steps, lo, hi, rule, grad_scale):
         torch._check(grad.shape == z.shape, lambda: "grad and z must have the same shape")
-        return _empty_like_contiguous(z)
+        return _empty_like_kernel(z)
 
     @torch.library.register_fake("ftprop_cuda::_step_saved")
     def _step_saved_fake(z, rule, zero_one, grad_scale):
-        return _empty_like_contiguous(z), _code_like(z, step_code_bits(rule))
+        return _empty_like_kernel(z), _code_like(z, step_code_bits(rule))
 
     @torch.library.register_fake("ftprop_cuda::_staircase_saved")
     def _staircase_saved_fake(z, steps, lo, hi, rule, grad_scale):
         bits = staircase_code_bits(rule, steps)
         torch._check(bits is not None, lambda: f"no saved-state code for {rule} with {steps} steps")
-        return _empty_like_contiguous(z), _code_like(z, bits)
+        return _empty_like_kernel(z), _code_like(z, bits)
 
     @torch.library.register_fake("ftprop_cuda::_step_backward_saved")
     def _step_backward_saved_fake(grad, state, rule, zero_one, grad_scale):
-        return _empty_like_contiguous(grad)
+        return _empty_like_kernel(grad)
 
     @torch.library.register_fake("ftprop_cuda::_staircase_backward_saved")
     def _staircase_backward_saved_fake(grad, state, steps, lo, hi, rule, grad_scale):
-        return _empty_like_contiguous(grad)
+        return _empty_like_kernel(grad)
 
     # The forward keeps only z for the backward (not the output as well), or only a code of z.
     def _step_setup_context(ctx, inputs, output):
@@ -163,6 +174,7 @@ if LOADED:
         _, ctx.rule, ctx.zero_one, ctx.grad_scale = inputs
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(output[1])
+        ctx.y_strides = output[0].stride()
 
     def _step_saved_backward(ctx, grad, _grad_state):
         if grad is None:  # grads are not materialised (see above)
@@ -171,7 +183,7 @@ if LOADED:
             return grad, None, None, None
         (state,) = ctx.saved_tensors
         dz = torch.ops.ftprop_cuda._step_backward_saved(
-            grad, state, ctx.rule, ctx.zero_one, ctx.grad_scale
+            _laid_out_like(grad, ctx.y_strides), state, ctx.rule, ctx.zero_one, ctx.grad_scale
         )
         return dz, None, None, None
 
@@ -179,6 +191,7 @@ if LOADED:
         _, ctx.steps, ctx.lo, ctx.hi, ctx.rule, ctx.grad_scale = inputs
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(output[1])
+        ctx.y_strides = output[0].stride()
 
     def _staircase_saved_backward(ctx, grad, _grad_state):
         if grad is None:
@@ -187,7 +200,8 @@ if LOADED:
             return grad, None, None, None, None, None
         (state,) = ctx.saved_tensors
         dz = torch.ops.ftprop_cuda._staircase_backward_saved(
-            grad, state, ctx.steps, ctx.lo, ctx.hi, ctx.rule, ctx.grad_scale
+            _laid_out_like(grad, ctx.y_strides), state, ctx.steps, ctx.lo, ctx.hi, ctx.rule,
+            ctx.grad_scale,
         )
         return dz, None, None, None, None, None
 
