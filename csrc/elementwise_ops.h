@@ -221,8 +221,8 @@ at::Tensor step_backward_saved_impl(const at::Tensor& grad, const at::Tensor& co
                                     c10::string_view rule, bool grad_scale) {
   check_float_tensor(grad, "grad");
   const StepRule r = parse_step_rule(rule);
-  // grad in the forward output's memory order, which is the code's (the autograd formula
-  // passes it so); a grad that is not dense is taken as contiguous
+  // grad must come in the forward output's memory order, which is the code's (the autograd
+  // formula in _ops.py passes it so); one that is not dense is copied as dense() says
   const at::Tensor gc = dense(grad);
   const int64_t n = gc.numel();
   check_code(code, n, step_code_bits(r), grad);
@@ -308,8 +308,8 @@ at::Tensor staircase_backward_saved_impl(const at::Tensor& grad, const at::Tenso
   const int bits = stair_code_bits(r, steps);
   TORCH_CHECK_VALUE(bits >= 0, "ftprop_cuda staircase: no saved-state code for rule '", rule,
                     "' with steps=", steps);
-  // grad in the forward output's memory order, which is the code's (the autograd formula
-  // passes it so); a grad that is not dense is taken as contiguous
+  // grad must come in the forward output's memory order, which is the code's (the autograd
+  // formula in _ops.py passes it so); one that is not dense is copied as dense() says
   const at::Tensor gc = dense(grad);
   const int64_t n = gc.numel();
   check_code(code, n, bits, grad);
