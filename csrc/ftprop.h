@@ -2,7 +2,7 @@
 //
 // Everything here is C10_HOST_DEVICE so that CPU CI runs exactly the arithmetic the GPU runs.
 // T is the op-math type (float for half/bfloat16/float, double for double). The formulas and
-// their evaluation order follow ../shared/SPEC.md; forward results must be bit-identical to
+// their evaluation order follow docs/spec.md; forward results must be bit-identical to
 // ftprop_cuda/reference.py, so keep the order of operations as written there.
 #pragma once
 
@@ -12,37 +12,12 @@
 #include <cmath>
 #include <cstdint>
 
+#include "rules.h"
+
 namespace ftprop {
 
-enum class StepRule : int {
-  kSte = 0,
-  kSste,
-  kRamp,
-  kSoftHinge,
-  kSaturatedHinge,
-  kHinge,
-  kPerceptron,
-  kSigmoid,
-  kLecunTanh,
-};
-
-enum class StairRule : int {
-  kSte = 0,
-  kSste,
-  kSoftHinge,
-  kSaturatedHinge,
-};
-
-// The estimator rules are not losses: they ignore grad_scale and always pass g through.
-constexpr bool is_estimator(StepRule r) {
-  return r == StepRule::kSte || r == StepRule::kSste || r == StepRule::kRamp;
-}
-constexpr bool is_estimator(StairRule r) {
-  return r == StairRule::kSte || r == StairRule::kSste;
-}
-
 // Host float32 exp and tanh written with plain arithmetic so that the compiler vectorises the
-// CPU loops (a call to std::tanh keeps a loop scalar, about 8x slower). exp: Cody-Waite range
+// CPU loops (a call to std::tanh keeps a loop scalar). exp: Cody-Waite range
 // reduction to |r| <= ln(2)/2 and exp(r) = 1 + r + r^2 q(r) with q cubic, its coefficients fitted
 // here for least maximum relative error (1.1e-7 in exact arithmetic); in float32 the relative
 // error measured 2.1e-7 at most on a 2e7-point grid of [-87, 88]. 0 below -87, inf above 88,
@@ -146,7 +121,7 @@ C10_HOST_DEVICE inline T step_forward(T z, bool zero_one) {
   return z != z ? z : y;  // selects, not branches, so that CPU loops vectorise
 }
 
-// Slope s(z, t) of SPEC's step-unit table; the weighted gradient is g * s.
+// Slope s(z, t) of the step-unit table of docs/spec.md; the weighted gradient is g * s.
 template <StepRule R, typename T>
 C10_HOST_DEVICE inline T step_slope(T z, T t, bool zero_one) {
   if constexpr (R == StepRule::kSte) {
@@ -210,20 +185,10 @@ C10_HOST_DEVICE inline T step_backward(T g, T z, bool zero_one, T batch) {
 // is then +-0 or NaN in the weighted mode, and -t * s is -0 for s = 0 and s = 1 alike.
 // The smooth rules (soft_hinge, sigmoid, lecun_tanh, ramp) get an 8-bit code of the slope on
 // request (save="compact"): s quantised to 254 levels on [0, s_max] (error <= s_max / 508),
-// with 255 for NaN.
-constexpr int step_code_bits(StepRule r) {
-  return r == StepRule::kSte ? 0
-       : r == StepRule::kSste ? 1
-       : (r == StepRule::kSaturatedHinge || r == StepRule::kHinge || r == StepRule::kPerceptron)
-           ? 2
-           : 8;
-}
-
-// Largest slope of each smooth rule (the top of its 8-bit code's range).
-constexpr double step_slope_max(StepRule r) {
-  return r == StepRule::kSigmoid ? 0.5 : r == StepRule::kLecunTanh ? 1.7519 * (2.0 / 3.0) : 1.0;
-}
-
+// with 255 for NaN. Only an exactly zero slope gets level 0: a slope in (0, s_max / 508) gets
+// level 1 and decodes to s_max / 254 (error < s_max / 254), so that g = +-inf times a tiny
+// slope stays +-inf as in the reference instead of becoming inf * 0 = NaN.
+// Code widths and s_max per rule: rules.h.
 constexpr uint8_t kCompactNan = 255;
 constexpr double kCompactLevels = 254.0;
 
@@ -235,10 +200,13 @@ C10_HOST_DEVICE inline uint8_t code_byte(T c) {
   return static_cast<uint8_t>(static_cast<int32_t>(c));
 }
 
-// s * 254 / s_max rounded to nearest (truncation of q + 0.5 >= 0.5), 254 at most; 255 for NaN.
+// s * 254 / s_max rounded to nearest (truncation of q + 0.5 >= 0.5), at least 1 for s > 0 and
+// 254 at most; 255 for NaN. (Slopes are never negative.)
 template <typename T>
 C10_HOST_DEVICE inline T compact_code(T s, T levels_per_unit) {
-  const T q = s * levels_per_unit + T(0.5);
+  const T rounded = s * levels_per_unit + T(0.5);
+  const T least = s > T(0) ? T(1) : T(0);
+  const T q = rounded < least ? least : rounded;
   return s != s ? T(kCompactNan) : (q > T(kCompactLevels) ? T(kCompactLevels) : q);
 }
 
@@ -274,7 +242,7 @@ C10_HOST_DEVICE inline T step_decode(T code, T t, T unit_per_level) {
     return code;
   } else if constexpr (step_code_bits(R) == 2) {
     // t = 0 takes bit 1 too: its slope does not matter (see above). One select, not two: GCC
-    // did not if-convert the nested form, which left this loop scalar (about 7x slower).
+    // did not if-convert the nested form, which left this loop scalar.
     const T bit1 = code >= T(2) ? T(1) : T(0);
     const T bit0 = code - T(2) * bit1;
     return t < T(0) ? bit0 : bit1;
@@ -377,14 +345,11 @@ C10_HOST_DEVICE inline T staircase_backward(T g, T z, const Stair<T>& p) {
 // (K + 1 for NaN) for saturated_hinge, and the 8-bit slope code for soft_hinge (on request).
 // Returns -1 where no code applies (saturated_hinge with K > 254: z is saved instead).
 inline int stair_code_bits(StairRule r, int64_t steps) {
-  switch (r) {
-    case StairRule::kSte: return 0;
-    case StairRule::kSste: return 1;
-    case StairRule::kSoftHinge: return 8;
-    case StairRule::kSaturatedHinge:
-      return steps + 2 <= 4 ? 2 : steps + 2 <= 16 ? 4 : steps + 2 <= 256 ? 8 : -1;
+  const int fixed = stair_fixed_code_bits(r);
+  if (fixed >= 0) {
+    return fixed;
   }
-  return -1;
+  return steps + 2 <= 4 ? 2 : steps + 2 <= 16 ? 4 : steps + 2 <= 256 ? 8 : -1;
 }
 
 template <StairRule R, typename T>

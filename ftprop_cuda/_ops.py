@@ -44,8 +44,10 @@ KERNEL_DEVICES = frozenset(
 )
 
 
-def _empty_like_contiguous(z):
-    return z.new_empty(z.shape)
+def _empty_like_kernel(z):
+    """The kernels' output layout: z's strides where z is dense and non-overlapping (the memory
+    format is kept), else empty_like's dense strides in z's dimension order (elementwise_ops.h)."""
+    return torch.empty_like(z)
 
 
 # What the forward saves for the backward (save="auto" | "z" | "compact"). Code bits and which
@@ -81,39 +83,39 @@ if LOADED:
 
     @torch.library.register_fake("ftprop_cuda::step")
     def _step_fake(z, rule, zero_one, grad_scale):
-        return _empty_like_contiguous(z)
+        return _empty_like_kernel(z)
 
     @torch.library.register_fake("ftprop_cuda::staircase")
     def _staircase_fake(z, steps, lo, hi, rule, grad_scale):
-        return _empty_like_contiguous(z)
+        return _empty_like_kernel(z)
 
     @torch.library.register_fake("ftprop_cuda::_step_backward")
     def _step_backward_fake(grad, z, rule, zero_one, grad_scale):
         torch._check(grad.shape == z.shape, lambda: "grad and z must have the same shape")
-        return _empty_like_contiguous(z)
+        return _empty_like_kernel(z)
 
     @torch.library.register_fake("ftprop_cuda::_staircase_backward")
     def _staircase_backward_fake(grad, z, steps, lo, hi, rule, grad_scale):
         torch._check(grad.shape == z.shape, lambda: "grad and z must have the same shape")
-        return _empty_like_contiguous(z)
+        return _empty_like_kernel(z)
 
     @torch.library.register_fake("ftprop_cuda::_step_saved")
     def _step_saved_fake(z, rule, zero_one, grad_scale):
-        return _empty_like_contiguous(z), _code_like(z, step_code_bits(rule))
+        return _empty_like_kernel(z), _code_like(z, step_code_bits(rule))
 
     @torch.library.register_fake("ftprop_cuda::_staircase_saved")
     def _staircase_saved_fake(z, steps, lo, hi, rule, grad_scale):
         bits = staircase_code_bits(rule, steps)
         torch._check(bits is not None, lambda: f"no saved-state code for {rule} with {steps} steps")
-        return _empty_like_contiguous(z), _code_like(z, bits)
+        return _empty_like_kernel(z), _code_like(z, bits)
 
     @torch.library.register_fake("ftprop_cuda::_step_backward_saved")
     def _step_backward_saved_fake(grad, state, rule, zero_one, grad_scale):
-        return _empty_like_contiguous(grad)
+        return _empty_like_kernel(grad)
 
     @torch.library.register_fake("ftprop_cuda::_staircase_backward_saved")
     def _staircase_backward_saved_fake(grad, state, steps, lo, hi, rule, grad_scale):
-        return _empty_like_contiguous(grad)
+        return _empty_like_kernel(grad)
 
     # Second derivatives. The surrogate backward dz = F(g, z) is g s(z, t) (weighted) or
     # -t s(z, t) / B (normalised), with t = -sign(g) piecewise constant in g. A plain backward
@@ -314,7 +316,7 @@ if LOADED:
     def _staircase_saved_backward(ctx, grad, _grad_state):
         if grad is None:
             return None, None, None, None, None, None
-        if ctx.rule == "ste":
+        if staircase_code_bits(ctx.rule, ctx.steps) == 0:  # ste: dz = g
             return grad, None, None, None, None, None
         (state,) = ctx.saved_tensors
         args = (_as_output_layout(grad, ctx.out_strides), state, ctx.steps, ctx.lo, ctx.hi,

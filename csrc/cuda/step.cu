@@ -24,7 +24,7 @@ std::tuple<at::Tensor, at::Tensor> step_saved_cuda(const at::Tensor& z, c10::str
 
 at::Tensor step_backward_saved_cuda(const at::Tensor& grad, const at::Tensor& state,
                                    c10::string_view rule, bool zero_one, bool grad_scale) {
-  return step_backward_saved_impl<Loops>(grad, state, rule, zero_one, grad_scale);
+  return step_backward_saved_impl<Loops>(grad, state, rule, grad_scale);
 }
 
 }  // namespace

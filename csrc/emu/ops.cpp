@@ -32,7 +32,7 @@ std::tuple<at::Tensor, at::Tensor> step_saved(const at::Tensor& z, c10::string_v
 
 at::Tensor step_backward_saved(const at::Tensor& grad, const at::Tensor& state,
                                c10::string_view rule, bool zero_one, bool grad_scale) {
-  return step_backward_saved_impl<EmuLoops>(grad, state, rule, zero_one, grad_scale);
+  return step_backward_saved_impl<EmuLoops>(grad, state, rule, grad_scale);
 }
 
 at::Tensor staircase(const at::Tensor& z, int64_t steps, double lo, double hi,
