@@ -1,6 +1,6 @@
-"""The C++ side of the ops: its rule lists against the Python ones, the checks that protect direct
-torch.ops.ftprop_cuda calls, the compact code at g = +-inf, and outputs in the input's memory
-format."""
+"""The C++ side of the ops: the checks that protect direct torch.ops.ftprop_cuda calls, the compact
+code at g = +-inf, and outputs in the input's memory format. (Its rule lists against the Python
+registry: tests/test_rule_registry.py.)"""
 import math
 
 import pytest
@@ -8,62 +8,13 @@ import torch
 
 from ftprop_cuda import _ops
 from ftprop_cuda import reference as ref
+from ftprop_cuda import rules
 
-from helpers import SLOPE_MAX, assert_backward_close, assert_same_bits
+from helpers import assert_backward_close, assert_same_bits
 
 ops = torch.ops.ftprop_cuda
 
 pytestmark = pytest.mark.skipif("cpu" not in _ops.KERNEL_DEVICES, reason="no CPU kernel built")
-
-
-# ---- The rule lists of csrc/rules.h, seen through the ops ----------------------------------------
-def _unknown_rule_message(call):
-    with pytest.raises(ValueError, match="unknown rule 'nope'") as info:
-        call("nope")
-    return str(info.value).split("expected one of ", 1)[1].splitlines()[0].strip()
-
-
-def test_rule_names_agree_with_python():
-    z = torch.randn(4)
-    step_names = _unknown_rule_message(lambda r: ops.step(z, r, False, True))
-    stair_names = _unknown_rule_message(lambda r: ops.staircase(z, 3, 0.0, 1.0, r, True))
-    assert step_names.split(", ") == list(ref.STEP_RULES)
-    assert stair_names.split(", ") == list(ref.STAIRCASE_RULES)
-
-
-@pytest.mark.parametrize("rule", ref.STEP_RULES)
-def test_step_rule_properties_agree_with_python(rule):
-    n = 1001
-    z = torch.linspace(-3, 3, n, dtype=torch.float64)
-    g = torch.randn(n, dtype=torch.float64)
-    _, code = ops._step_saved(z, rule, False, True)
-    assert code.numel() == (n * _ops.step_code_bits(rule) + 7) // 8
-    # an estimator ignores grad_scale; a loss does not
-    weighted = ops._step_backward(g, z, rule, False, True)
-    unweighted = ops._step_backward(g, z, rule, False, False)
-    assert torch.equal(weighted, unweighted) == (rule in ref.ESTIMATOR_RULES)
-    if rule in SLOPE_MAX:  # the top of the 8-bit code is the rule's largest slope
-        top = torch.zeros(1, dtype=torch.float64)
-        _, code = ops._step_saved(top, rule, False, True)
-        assert code.item() == 254
-        dz = ops._step_backward_saved(torch.ones(1, dtype=torch.float64), code, rule, False, True)
-        assert dz.item() == pytest.approx(SLOPE_MAX[rule], rel=1e-15)
-
-
-@pytest.mark.parametrize("rule", ref.STAIRCASE_RULES)
-def test_staircase_rule_properties_agree_with_python(rule):
-    n = 1001
-    z = torch.linspace(-0.5, 1.5, n, dtype=torch.float64)
-    g = torch.randn(n, dtype=torch.float64)
-    for steps in (2, 3, 14, 15, 254):
-        _, code = ops._staircase_saved(z, steps, 0.0, 1.0, rule, True)
-        assert code.numel() == (n * _ops.staircase_code_bits(rule, steps) + 7) // 8
-    if _ops.staircase_code_bits(rule, 255) is None:
-        with pytest.raises(ValueError, match="no saved-state code"):
-            ops._staircase_saved(z, 255, 0.0, 1.0, rule, True)
-    weighted = ops._staircase_backward(g, z, 3, 0.0, 1.0, rule, True)
-    unweighted = ops._staircase_backward(g, z, 3, 0.0, 1.0, rule, False)
-    assert torch.equal(weighted, unweighted) == (rule in ref.ESTIMATOR_RULES)
 
 
 # ---- Staircase scalars the arithmetic type cannot hold -------------------------------------------
@@ -227,7 +178,7 @@ def test_backward_from_a_code_in_any_layout(layout):
         assert y.stride() == dz.stride() == z.stride()
         exact = ref.step_backward(g, z, rule, "pm1", True)
         if rule == "sigmoid":  # the 8-bit code: within its bound
-            assert ((dz - exact).abs() <= g.abs() * SLOPE_MAX[rule] / 254 + 1e-7).all()
+            assert ((dz - exact).abs() <= g.abs() * rules.get("step", rule).slope_max / 254 + 1e-7).all()
         else:
             assert_backward_close(dz, exact)
     y, code = ops._staircase_saved(z, 5, -1.0, 2.0, "saturated_hinge", True)
