@@ -8,6 +8,7 @@
 import torch
 
 from . import _ops, reference
+from .convert import convert
 from .functional import staircase, step
 from .nn import Staircase, Step
 from .reference import STAIRCASE_RULES, STEP_RULES
@@ -15,7 +16,7 @@ from .reference import STAIRCASE_RULES, STEP_RULES
 __version__ = "0.1.0"
 
 
-def build_info():
+def build_info() -> dict:
     """What this install was built with: which kernels exist and against which torch/CUDA."""
     cuda = "cuda" in _ops.KERNEL_DEVICES
     return {
@@ -37,5 +38,6 @@ __all__ = [
     "STEP_RULES",
     "STAIRCASE_RULES",
     "build_info",
+    "convert",
     "reference",
 ]
