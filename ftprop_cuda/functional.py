@@ -93,7 +93,9 @@ def _step_export(z, values):
 
 def _staircase_export(z, steps, lo, hi):
     y = reference.staircase_forward(z, steps, lo, hi)
-    # ONNX Clip need not keep NaN; the contract does, and for every other z this changes nothing
+    # ONNX Clip need not keep NaN, and the ONNX optimizer folds "0 + q" to q, which lets a -0.0
+    # through; the kernels give NaN and +0.0 there, and every other output is unchanged
+    y = torch.where(y == 0, torch.zeros_like(y), y)
     return torch.where(torch.isnan(z), z, y)
 
 
