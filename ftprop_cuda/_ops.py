@@ -44,9 +44,10 @@ except ImportError as exc:  # pragma: no cover - exercised only on broken instal
     if os.environ.get("FTPROP_REQUIRE_EXT", "0") == "1":
         raise
     EXT_ERROR = f"{type(exc).__name__}: {exc}"
+    _advice = _load_failure_advice(os.path.dirname(os.path.abspath(__file__)), sys.path)
     warnings.warn(
-        f"ftprop_cuda: the compiled extension failed to load ({EXT_ERROR}): "
-        f"{_load_failure_advice(os.path.dirname(os.path.abspath(__file__)), sys.path)}. Falling back to the pure-PyTorch reference.",
+        f"ftprop_cuda: the compiled extension failed to load ({EXT_ERROR}): {_advice}. "
+        "Falling back to the pure-PyTorch reference.",
         RuntimeWarning,
         stacklevel=2,
     )
