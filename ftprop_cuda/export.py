@@ -124,6 +124,9 @@ def run(args) -> str:
                           generator=generator)
     try:
         export_model(model, example, args.format, out)
+    except ImportError as exc:
+        raise UsageError(f"export to {args.format} needs a missing package ({exc}); install "
+                         "onnx and onnxscript (and onnxruntime to check the file)") from None
     except Exception as exc:  # an exporter's failure is reported, not dumped
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UsageError(f"export to {args.format} failed: {type(exc).__name__}: {first}")
