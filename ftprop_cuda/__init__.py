@@ -20,11 +20,12 @@ _LAZY = {
     "Staircase": ".nn",
     "STEP_RULES": ".rules",
     "STAIRCASE_RULES": ".rules",
+    "convert": ".convert",
 }
 _SUBMODULES = ("reference", "functional", "nn", "_ops")
 
 
-def build_info():
+def build_info() -> dict:
     """What this install was built with: which kernels exist and against which torch/CUDA."""
     import torch
 
@@ -65,5 +66,6 @@ __all__ = [
     "STEP_RULES",
     "STAIRCASE_RULES",
     "build_info",
+    "convert",
     "reference",
 ]

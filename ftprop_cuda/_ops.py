@@ -5,7 +5,9 @@ implementations that torch.compile traces with, and the autograd formulas. If th
 cannot be loaded, the package warns with the original error and falls back to the reference;
 FTPROP_REQUIRE_EXT=1 makes that an error instead (CI sets it).
 """
+import glob
 import os
+import sys
 import warnings
 
 import torch
@@ -15,16 +17,40 @@ from . import rules
 
 
 EXT_ERROR = None
+
+
+def _compiled(folder):
+    return any(glob.glob(os.path.join(folder, pattern)) for pattern in ("_C*.so", "_C*.pyd"))
+
+
+def _load_failure_advice(here, path):
+    """Why _C did not load from the package folder `here`, as far as the files on the import
+    path tell, and what to do about it."""
+    compiled_here = _compiled(here)
+    elsewhere = None
+    if not compiled_here:  # a source checkout in front of an installed, compiled package?
+        folders = (os.path.abspath(os.path.join(p or os.getcwd(), "ftprop_cuda")) for p in path)
+        elsewhere = next((f for f in folders if f != here and _compiled(f)), None)
+    if elsewhere is not None:
+        return (f"the source folder {here} shadows the installed package {elsewhere} (Python "
+                "imports the one in the current folder or PYTHONPATH first); build in place with "
+                "`pip install --no-build-isolation -e .` or run from another folder")
+    if not compiled_here:
+        return (f"{here} holds no compiled extension; build it with "
+                "`pip install --no-build-isolation .` (or `-e .` in a source checkout)")
+    return "reinstall with `pip install --no-build-isolation .` against the torch you run"
+
+
 try:
     from . import _C  # noqa: F401  (loading the library registers torch.ops.ftprop_cuda.*)
 except ImportError as exc:  # pragma: no cover - exercised only on broken installs
     if os.environ.get("FTPROP_REQUIRE_EXT", "0") == "1":
         raise
     EXT_ERROR = f"{type(exc).__name__}: {exc}"
+    _advice = _load_failure_advice(os.path.dirname(os.path.abspath(__file__)), sys.path)
     warnings.warn(
-        "ftprop_cuda: the compiled extension failed to load, falling back to the pure-PyTorch "
-        f"reference ({EXT_ERROR}). Reinstall with `pip install --no-build-isolation .` against "
-        "the torch you run.",
+        f"ftprop_cuda: the compiled extension failed to load ({EXT_ERROR}): {_advice}. "
+        "Falling back to the pure-PyTorch reference.",
         RuntimeWarning,
         stacklevel=2,
     )

@@ -145,7 +145,37 @@ def _needs_grad(z):
     return z.requires_grad and torch.is_grad_enabled()
 
 
-def step(z, rule="soft_hinge", values="pm1", grad_scale=True, backend="auto", save="auto"):
+def exporting() -> bool:
+    """Whether torch.export, torch.onnx.export or torch.jit.trace is recording the forward."""
+    return bool(torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+                or torch.jit.is_tracing())
+
+
+def _step_export(z, values):
+    # aten ops only, so that every exporter can write it (ONNX has no sign(0) = -1 op)
+    return reference.step_forward(z, values)
+
+
+def _staircase_export(z, steps, lo, hi):
+    y = reference.staircase_forward(z, steps, lo, hi)
+    # ONNX Clip need not keep NaN, and the ONNX optimizer folds "0 + q" to q, which lets a -0.0
+    # through; the kernels give NaN and +0.0 there, and every other output is unchanged
+    y = torch.where(y == 0, torch.zeros_like(y), y)
+    return torch.where(torch.isnan(z), z, y)
+
+
+def _export_path(z, backend):
+    """Under an exporter: True for the aten-only forward, False for the (non-saving) kernel op.
+
+    The op keeps the FTPROP backward in a traced graph; ONNX cannot write it, and a saved code's
+    padding bits are not reproducible (jit.trace's check would reject the trace). The choice
+    does not depend on requires_grad: jit.trace checks its trace again under no_grad.
+    """
+    return torch.onnx.is_in_onnx_export() or not _use_kernel(z, backend)
+
+
+def step(z: torch.Tensor, rule: str = "soft_hinge", values: str = "pm1", grad_scale: bool = True,
+         backend: str = "auto", save: str = "auto") -> torch.Tensor:
     """Hard-threshold step unit with an FTPROP surrogate backward.
 
     Forward: +1 where z > 0 else -1 (values='pm1'; sign(0) = -1), or 1/0 (values='01').
@@ -166,6 +196,10 @@ def step(z, rule="soft_hinge", values="pm1", grad_scale=True, backend="auto", sa
     check_choice("values", values, STEP_VALUES)
     check_bool("grad_scale", grad_scale)
     check_choice("save", save, SAVE_MODES)
+    if exporting():
+        if _export_path(z, backend):
+            return _step_export(z, values)
+        return torch.ops.ftprop_cuda.step(z, rule, values == "01", grad_scale)
     if _use_kernel(z, backend):
         zero_one = values == "01"
         save_code = _needs_grad(z) and _ops.step_saves_code(rule, save)
@@ -177,8 +211,9 @@ def step(z, rule="soft_hinge", values="pm1", grad_scale=True, backend="auto", sa
     return reference.step(z, rule, values, grad_scale)
 
 
-def staircase(z, steps=3, lo=0.0, hi=1.0, rule="soft_hinge", grad_scale=True, backend="auto",
-              save="auto"):
+def staircase(z: torch.Tensor, steps: int = 3, lo: float = 0.0, hi: float = 1.0,
+              rule: str = "soft_hinge", grad_scale: bool = True, backend: str = "auto",
+              save: str = "auto") -> torch.Tensor:
     """Staircase (quantized ReLU) unit with steps + 1 levels on [lo, hi] (K = steps).
 
     Forward: y = lo + q (hi - lo), q = clamp(ceil(u (K - 1)), 0, K) / K, u = (z - lo) / (hi - lo).
@@ -194,6 +229,10 @@ def staircase(z, steps=3, lo=0.0, hi=1.0, rule="soft_hinge", grad_scale=True, ba
     check_choice("rule", rule, STAIRCASE_RULES)
     check_bool("grad_scale", grad_scale)
     check_choice("save", save, SAVE_MODES)
+    if exporting():
+        if _export_path(z, backend):
+            return _staircase_export(z, steps, lo, hi)
+        return torch.ops.ftprop_cuda.staircase(z, steps, lo, hi, rule, grad_scale)
     if _use_kernel(z, backend):
         save_code = _needs_grad(z) and _ops.staircase_saves_code(rule, steps, save)
         if _ops.transforms_active():

@@ -57,7 +57,12 @@ def _torchvision(name, unit, num_classes, in_channels, image_size, bn):
     except ImportError as exc:
         raise ValueError(f"arch {TORCHVISION_PREFIX}{name}: torchvision models are not "
                          f"available in this install ({exc})")
-    return module.build_torchvision(name, unit, num_classes, in_channels, image_size)
+    # unit is build_model_with_notes' functools.partial(make_unit, nonlin, rule, grad_scale,
+    # backend); torchvision's models are converted by name rather than built around a factory
+    nonlin, rule, grad_scale, backend = unit.args
+    return module.build_torchvision(name, nonlin, rule, grad_scale, backend,
+                                    num_classes=num_classes, in_channels=in_channels,
+                                    image_size=image_size)
 
 
 # The paper trains convnet4 without batch norm; its other networks use it, and the ResNets'
