@@ -3,6 +3,7 @@ import math
 import numbers
 
 import torch
+import torch.autograd.forward_ad as _fwad
 
 from . import _ops, reference
 from .reference import STEP_VALUES
@@ -120,6 +121,14 @@ def _check_input(z):
         raise TypeError(
             f"z must be a floating-point tensor (float16, bfloat16, float32 or float64); "
             f"got dtype {z.dtype}"
+        )
+    # forward-mode AD: the kernels' autograd formula is reverse-mode only, and without this
+    # check a dual input would come out with no tangent and no error
+    if not torch.compiler.is_compiling() and _fwad._current_level >= 0 \
+            and _fwad.unpack_dual(z).tangent is not None:
+        raise NotImplementedError(
+            "ftprop_cuda: forward-mode AD (a dual tensor z) is not supported: the units define a "
+            "surrogate gradient for reverse mode only (backward, torch.autograd.grad, torch.func.grad)"
         )
 
 

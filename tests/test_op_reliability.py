@@ -324,3 +324,18 @@ def test_range_checks_under_dynamic_compile():
                         ((3, -3.4e38, 3.4e38), "hi - lo overflows torch.float32")]:
         with pytest.raises(Exception, match=words):
             compiled(x, *args)
+
+
+@pytest.mark.parametrize("backend", ["kernel", "reference"])
+def test_forward_mode_ad_raises(backend):
+    # the kernel path gave a tangent of None with no error before the check
+    fwad = torch.autograd.forward_ad
+    z = torch.randn(5)
+    with fwad.dual_level():
+        dual = fwad.make_dual(z, torch.ones(5))
+        for call in (lambda: ftprop_cuda.step(dual, backend=backend),
+                     lambda: ftprop_cuda.staircase(dual, backend=backend)):
+            with pytest.raises(NotImplementedError):
+                call()
+    # outside a dual level nothing changes
+    assert torch.equal(ftprop_cuda.step(z, backend=backend), ftprop_cuda.reference.step_forward(z))
