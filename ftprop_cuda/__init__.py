@@ -20,7 +20,7 @@ _LAZY = {
     "Staircase": ".nn",
     "STEP_RULES": ".rules",
     "STAIRCASE_RULES": ".rules",
-    "convert": ".convert",
+    "convert": ".conversion",
 }
 _SUBMODULES = ("reference", "functional", "nn", "_ops")
 

@@ -11,10 +11,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import ftprop_cuda
 from ftprop_cuda import STAIRCASE_RULES, STEP_RULES
+from ftprop_cuda.rules import SMOOTH_STEP_RULES
 
 from helpers import G_BOUNDARY, Z_STEP, staircase_boundary
 
-SMOOTH_STEP_RULES = ("ramp", "soft_hinge", "sigmoid", "lecun_tanh")
 STAIRS = [(3, 0.0, 1.0), (5, -1.0, 2.0), (300, -1.0, 1.0)]  # 2-, 4-bit and no count code
 
 

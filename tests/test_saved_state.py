@@ -133,6 +133,7 @@ def test_compact_code_error_bound(rule, grad_scale, dtype, device):
     gen = torch.Generator().manual_seed(0)
     z = (torch.randn(64, 257, generator=gen) * 2).to(device, dtype)
     z[0, :4] = torch.tensor([0.0, float("nan"), float("inf"), -1.0])
+    z[1, :4] = torch.tensor([20.0, -20.0, 400.0, -400.0])  # tiny slopes of slowly saturating rules
     g = torch.randn(64, 257, generator=gen).to(device, dtype)
     zr = z.clone().requires_grad_(True)
     y = ftprop_cuda.step(zr, rule, grad_scale=grad_scale, backend="kernel", save="compact")

@@ -14,11 +14,12 @@ import numbers
 
 import torch
 
-from ..convert import NONLINS as HARD_NONLINS
-from ..convert import convert
+from . import TORCHVISION_PREFIX
+from .nonlins import is_hard_threshold
+from ..conversion import convert
 from .units import NONLINS, ThresholdReLU, check_unit_args
 
-PREFIX = "torchvision:"
+PREFIX = TORCHVISION_PREFIX  # the --arch prefix (models/__init__.py)
 # Sizes tried, in order, when the data's images are too small for the model.
 UPSAMPLE_SIZES = (32, 64, 75, 96, 128, 160, 224, 299)
 
@@ -126,7 +127,7 @@ def build_torchvision(name: str, nonlin: str = "step", rule: str = "soft_hinge",
             raise ValueError(f"torchvision {name} cannot take {image_size}x{image_size} images, "
                              f"even upsampled to {UPSAMPLE_SIZES[-1]}: {why}")
 
-    if nonlin in HARD_NONLINS:
+    if is_hard_threshold(nonlin):
         model, report = convert(model, nonlin, rule, grad_scale, backend, inplace=True)
         lines += report.lines()
     elif nonlin == "threshrelu":

@@ -25,6 +25,7 @@ from typing import Callable, Iterable, Optional, Union
 import torch
 
 from . import functional as F
+from .models.nonlins import HARD_THRESHOLD
 from .nn import Staircase, Step
 
 DEFAULT_TYPES = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.Hardtanh, torch.nn.LeakyReLU,
@@ -33,13 +34,9 @@ DEFAULT_TYPES = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.Hardtanh, torch.nn.Leak
 OTHER_ACTIVATIONS = (torch.nn.SiLU, torch.nn.GELU, torch.nn.Hardswish, torch.nn.Hardsigmoid,
                      torch.nn.Sigmoid, torch.nn.Tanh, torch.nn.ELU, torch.nn.CELU, torch.nn.SELU,
                      torch.nn.Mish, torch.nn.Softplus, torch.nn.PReLU, torch.nn.Threshold)
-# nonlin -> (unit class, arguments fixed by the name): the trainer's hard-threshold nonlins
-NONLINS = {
-    "step": (Step, {"values": "pm1"}),
-    "step01": (Step, {"values": "01"}),
-    "qrelu": (Staircase, {"steps": 3}),
-    "qrelu5": (Staircase, {"steps": 5}),
-}
+# The trainer's hard-threshold nonlins (models/nonlins.py: unit family and fixed arguments).
+NONLINS = tuple(HARD_THRESHOLD)
+_UNIT_CLASSES = {"step": Step, "staircase": Staircase}
 
 _FUNCTIONAL_ACTIVATIONS = {
     torch.relu, torch.relu_, torch.nn.functional.relu, torch.nn.functional.relu_,
@@ -118,9 +115,10 @@ def _check_types(types):
 def make_unit(nonlin: str = "step", rule: str = "soft_hinge", grad_scale: bool = True,
               backend: str = "auto", save: str = "auto") -> torch.nn.Module:
     """A fresh Step/Staircase unit for a convert nonlin name (one of NONLINS)."""
-    F.check_choice("nonlin", nonlin, tuple(NONLINS))
-    cls, fixed = NONLINS[nonlin]
-    return cls(rule=rule, grad_scale=grad_scale, backend=backend, save=save, **fixed)
+    F.check_choice("nonlin", nonlin, NONLINS)
+    family, fixed = HARD_THRESHOLD[nonlin]
+    return _UNIT_CLASSES[family](rule=rule, grad_scale=grad_scale, backend=backend, save=save,
+                                 **fixed)
 
 
 class _UnitsAsLeaves(torch.fx.Tracer):
