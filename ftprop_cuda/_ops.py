@@ -370,53 +370,40 @@ if LOADED:
     torch.library.register_vmap("ftprop_cuda::staircase",
                                 _elementwise_vmap(torch.ops.ftprop_cuda.staircase))
 
-    class _FuncStep(torch.autograd.Function):
-        generate_vmap_rule = True
+    def _transform_function(name, plain_op, saved_op, plain, saved):
+        """An autograd.Function (it has a setup_context, which torch.func requires) running one
+        unit's forward op, or its code-saving twin when the last argument says so, with the
+        setup_context and backward registered for that op below. plain and saved are
+        (setup_context, backward) pairs."""
 
-        @staticmethod
-        def forward(z, rule, zero_one, grad_scale, save_code):
-            if save_code:
-                return torch.ops.ftprop_cuda._step_saved(z, rule, zero_one, grad_scale)
-            return torch.ops.ftprop_cuda.step(z, rule, zero_one, grad_scale)
+        def forward(*args):
+            *op_args, save_code = args
+            return (saved_op if save_code else plain_op)(*op_args)
 
-        @staticmethod
         def setup_context(ctx, inputs, output):
             ctx.save_code = inputs[-1]
             if ctx.save_code:
                 ctx.mark_non_differentiable(output[1])
-                _step_saved_setup_context(ctx, inputs[:-1], output)
+                saved[0](ctx, inputs[:-1], output)
             else:
-                _step_setup_context(ctx, inputs[:-1], output)
+                plain[0](ctx, inputs[:-1], output)
 
-        @staticmethod
         def backward(ctx, grad, *_grad_state):
             if ctx.save_code:
-                return *_step_saved_backward(ctx, grad, None), None
-            return *_step_backward(ctx, grad), None
+                return *saved[1](ctx, grad, None), None
+            return *plain[1](ctx, grad), None
 
-    class _FuncStaircase(torch.autograd.Function):
-        generate_vmap_rule = True
+        return type(name, (torch.autograd.Function,), {
+            "generate_vmap_rule": True, "forward": staticmethod(forward),
+            "setup_context": staticmethod(setup_context), "backward": staticmethod(backward)})
 
-        @staticmethod
-        def forward(z, steps, lo, hi, rule, grad_scale, save_code):
-            if save_code:
-                return torch.ops.ftprop_cuda._staircase_saved(z, steps, lo, hi, rule, grad_scale)
-            return torch.ops.ftprop_cuda.staircase(z, steps, lo, hi, rule, grad_scale)
-
-        @staticmethod
-        def setup_context(ctx, inputs, output):
-            ctx.save_code = inputs[-1]
-            if ctx.save_code:
-                ctx.mark_non_differentiable(output[1])
-                _staircase_saved_setup_context(ctx, inputs[:-1], output)
-            else:
-                _staircase_setup_context(ctx, inputs[:-1], output)
-
-        @staticmethod
-        def backward(ctx, grad, *_grad_state):
-            if ctx.save_code:
-                return *_staircase_saved_backward(ctx, grad, None), None
-            return *_staircase_backward(ctx, grad), None
+    _FuncStep = _transform_function(
+        "_FuncStep", torch.ops.ftprop_cuda.step, torch.ops.ftprop_cuda._step_saved,
+        (_step_setup_context, _step_backward), (_step_saved_setup_context, _step_saved_backward))
+    _FuncStaircase = _transform_function(
+        "_FuncStaircase", torch.ops.ftprop_cuda.staircase, torch.ops.ftprop_cuda._staircase_saved,
+        (_staircase_setup_context, _staircase_backward),
+        (_staircase_saved_setup_context, _staircase_saved_backward))
 
     def transforms_active():
         """Whether a torch.func transform (grad, vjp, jacrev, vmap, ...) is running."""
