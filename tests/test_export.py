@@ -151,7 +151,8 @@ def checkpoint(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "ftprop_cuda.train", "--dataset", "digits",
                     "--train-limit", "200", "--epochs", "1", "--arch", "convnet4",
                     "--nonlin", "qrelu", "--out", str(out), "--no-tensorboard", "--quiet"],
-                   check=True, capture_output=True, timeout=300)
+                   check=True, capture_output=True, timeout=300,
+                   cwd=out)  # outside the source tree: `-m` imports from the working directory
     return os.path.join(out, "best.pt")
 
 

@@ -167,7 +167,7 @@ epochs = 8
     folder = sweep.run_folder(out, "sign", 3)
     argv = SWEEP + ["run", grid, "--out", out]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, cwd=tmp_path)  # outside the source tree
     try:
         _wait_for(lambda: os.path.exists(os.path.join(folder, "last.pt")), proc, "last.pt")
         kids = _children(proc.pid)
@@ -184,7 +184,7 @@ epochs = 8
     assert sweep.run_state(folder) == "interrupted"
 
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, cwd=tmp_path)  # outside the source tree
     try:
         _wait_for(lambda: len(sweep.read_metrics(folder)) > len(killed), proc, "new epoch")
         kids = _children(proc.pid)
