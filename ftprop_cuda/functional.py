@@ -195,7 +195,8 @@ def step(z: torch.Tensor, rule: str = "soft_hinge", values: str = "pm1", grad_sc
     lossless bit-packed code of z for the rules whose slope only depends on an interval of z
     (ste: nothing, sste: 1 bit, saturated_hinge/hinge/perceptron: 2 bits) and z itself for the
     smooth rules; 'z' always keeps z; 'compact' also keeps an 8-bit code of the smooth rules'
-    slope (absolute slope error at most s_max / 508, s_max the rule's largest slope; see
+    slope (absolute slope error at most s_max / 508, or s_max / 254 for slopes below s_max / 508,
+    which never round to 0; s_max the rule's largest slope; see
     docs/spec.md, "Saved state").
     Second derivatives (create_graph=True, torch.func transforms) equal the reference's; with
     save='compact' a smooth rule has no z to differentiate its slope by, and raises instead.
