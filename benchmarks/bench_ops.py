@@ -40,7 +40,9 @@ import torch  # noqa: E402
 import ftprop_cuda  # noqa: E402
 from ftprop_cuda import _ops  # noqa: E402
 
-VARIANTS, VARIANT_LABEL = common.VARIANTS, common.VARIANT_LABEL
+# the op variants (lean memory is a model-level mode: bench_train's)
+VARIANTS = tuple(v for v in common.VARIANTS if "lean" not in v)
+VARIANT_LABEL = common.VARIANT_LABEL
 PASSES = ("fwd", "bwd", "fwdbwd")
 PASS_LABEL = {"fwd": "forward", "bwd": "backward", "fwdbwd": "forward+backward"}
 OPS = ("step", "staircase")

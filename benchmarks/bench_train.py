@@ -34,6 +34,7 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+import held_memory  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -84,6 +85,12 @@ def parse_args(argv=None):
     p.add_argument("--markdown", default=None, metavar="PATH",
                    help="also write this run's section into PATH (e.g. docs/performance.md)")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--no-held", action="store_true",
+                   help="skip the held-for-backward measurement (a child process per variant)")
+    bn = p.add_mutually_exclusive_group()
+    bn.add_argument("--bn", dest="bn", action="store_true", default=None,
+                    help="batch norm in every network (default: as the paper, convnet4 without)")
+    bn.add_argument("--no-bn", dest="bn", action="store_false")
     p.add_argument("--from-json", default=None, metavar="PATH",
                    help="measure nothing: rewrite the Markdown/PNG (and --markdown section) of "
                    "an earlier run from its JSON")
@@ -95,7 +102,7 @@ def parse_args(argv=None):
     if args.smoke:
         args.archs = "convnet4" if args.archs == p.get_default("archs") else args.archs
         if args.variants == p.get_default("variants"):
-            args.variants = "ref,kernel"
+            args.variants = "ref,kernel,kernel_lean"
         args.batch = args.batch or "4"
     args.archs = common.parse_list(args.archs)
     args.variants = common.parse_list(args.variants)
@@ -168,24 +175,38 @@ def peak_memory(step, device):
             "memory_kind": "process VmHWM during the step (reset via /proc/self/clear_refs)"}
 
 
-def saved_activation_bytes(step, model):
-    """Bytes of the unique storages autograd packs for backward during step(), parameters
-    excluded: the activation memory the step holds between forward and backward."""
-    params = [p for p in model.parameters()]
-    _, total, new = common.measure_saved(step, lambda _: params)
-    return new
-
-
 # ---------------------------------------------------------------------------------------------
 # Models and steps
 # ---------------------------------------------------------------------------------------------
+def arch_bn(arch, args):
+    """Batch norm as the paper trains the network (convnet4 without), unless --bn/--no-bn."""
+    from ftprop_cuda.models import architecture
+
+    bn = getattr(args, "bn", None)
+    return architecture(arch).default_bn if bn is None else bn
+
+
+def initial_state(arch, args):
+    """The weights every variant of arch starts from (seed 0)."""
+    from ftprop_cuda.models import build_model
+
+    in_ch, size, classes, _, _ = SHAPES[arch]
+    torch.manual_seed(0)
+    return copy.deepcopy(build_model(arch, nonlin=args.nonlin, rule=args.rule,
+                                     num_classes=classes, in_channels=in_ch, image_size=size,
+                                     bn=arch_bn(arch, args), backend="reference",
+                                     memory="standard").state_dict())
+
+
 def build(arch, variant, args, state):
     from ftprop_cuda.models import build_model
 
     in_ch, size, classes, _, _ = SHAPES[arch]
     backend = "reference" if variant.startswith("ref") else "kernel"
+    memory = "lean" if "lean" in variant else "standard"
     model = build_model(arch, nonlin=args.nonlin, rule=args.rule, num_classes=classes,
-                        in_channels=in_ch, image_size=size, backend=backend)
+                        in_channels=in_ch, image_size=size, bn=arch_bn(arch, args),
+                        backend=backend, memory=memory)
     model.load_state_dict(state)
     model.to(args.device).train()
     fwd = torch.compile(model) if variant.endswith("compiled") else model
@@ -197,7 +218,10 @@ def build(arch, variant, args, state):
 
 
 def make_batch(arch, batch, device, seed=0):
-    in_ch, size, classes, _, _ = SHAPES[arch]
+    in_ch, size, classes, paper_batch, _ = SHAPES[arch]
+    if batch is None:
+        batch = CPU_BATCH.get(arch, paper_batch) if torch.device(device).type == "cpu" \
+            else paper_batch
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, in_ch, size, size, generator=gen)
     y = torch.randint(0, classes, (batch,), generator=gen)
@@ -231,47 +255,51 @@ def compare(loss, grads, ref_loss, ref_grads, kind):
     return "; ".join(problems) or None, figs
 
 
-def bench_arch(args, arch, failures, log):
-    from ftprop_cuda.models import build_model
+def _first_step(fwd, model, x, y, device):
+    t0 = time.perf_counter()
+    torch.manual_seed(CHECK_SEED)
+    loss = F.cross_entropy(fwd(x), y)
+    loss.backward()
+    common.synchronize(device)
+    return float(loss.detach()), grads_of(model), time.perf_counter() - t0
 
+
+def bench_arch(args, arch, failures, log):
     in_ch, size, classes, paper_batch, dataset = SHAPES[arch]
     batch = args.batch_sizes[arch]
-    torch.manual_seed(0)
-    state = copy.deepcopy(build_model(arch, nonlin=args.nonlin, rule=args.rule,
-                                      num_classes=classes, in_channels=in_ch, image_size=size,
-                                      backend="reference").state_dict())
+    state = initial_state(arch, args)
     x, y = make_batch(arch, batch, args.device)
-    rows, ref_loss, ref_grads = [], None, None
-    for variant in args.variants:
+    rows, ready, ref_loss, ref_grads, kernel_grads = [], {}, None, None, None
+    for variant in args.variants:  # build and check every variant first
         base = {"arch": arch, "dataset": dataset, "shape": [batch, in_ch, size, size],
                 "batch": batch, "paper_batch": paper_batch, "variant": variant,
-                "nonlin": args.nonlin, "rule": args.rule, "optimizer": args.optimizer}
+                "nonlin": args.nonlin, "rule": args.rule, "optimizer": args.optimizer,
+                "bn": arch_bn(arch, args)}
         if variant.startswith("kernel") and args.device.type not in _ops.KERNEL_DEVICES:
             why = f"no ftprop_cuda kernel for {args.device.type} ({_ops.EXT_ERROR})"
             failures.append(f"{arch}/{variant}: unavailable: {why}")
             rows.append(dict(base, status="unavailable: " + why))
             continue
-        log(f"{arch} batch {batch} {variant}")
+        log(f"{arch} batch {batch} {variant}: build and check")
         try:
             if ref_loss is None:  # the eager reference's loss and gradients: the yardstick
                 ref_model, _, _ = build(arch, "ref", args, state)
-                torch.manual_seed(CHECK_SEED)
-                ref_out = ref_model(x)
-                ref_l = F.cross_entropy(ref_out, y)
-                ref_l.backward()
-                ref_loss, ref_grads = float(ref_l.detach()), grads_of(ref_model)
-                del ref_model, ref_out, ref_l
+                ref_loss, ref_grads, _ = _first_step(ref_model, ref_model, x, y, args.device)
+                del ref_model
             model, fwd, opt = build(arch, variant, args, state)
-            t0 = time.perf_counter()
-            torch.manual_seed(CHECK_SEED)
-            loss = F.cross_entropy(fwd(x), y)
-            loss.backward()
-            common.synchronize(args.device)
-            first_call_s = time.perf_counter() - t0  # includes compilation for compiled variants
+            loss, grads, first_call_s = _first_step(fwd, model, x, y, args.device)
             kind = "compiled" if variant.endswith("compiled") else "eager"
-            problem, figs = compare(float(loss.detach()), grads_of(model), ref_loss, ref_grads,
-                                    kind)
-            del loss
+            problem, figs = compare(loss, grads, ref_loss, ref_grads, kind)
+            if problem is None and variant in ("kernel", "kernel_lean"):
+                # lean mode changes only memory: its gradients must equal the kernel's bitwise
+                if kernel_grads is None:
+                    kernel_grads = grads
+                else:
+                    figs["bitwise_vs_kernel"] = all(torch.equal(a, b)
+                                                    for a, b in zip(grads, kernel_grads))
+                    if not figs["bitwise_vs_kernel"]:
+                        problem = "lean gradients differ from the standard kernel path's"
+            del grads
         except Exception as exc:
             traceback.print_exc()
             problem, figs, first_call_s = f"raised {type(exc).__name__}: {exc}", {}, None
@@ -282,27 +310,35 @@ def bench_arch(args, arch, failures, log):
             rows.append(dict(base, status="CHECK FAILED: " + problem, **figs))
             continue
 
-        def train_step():
+        def train_step(fwd=fwd, opt=opt):
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(fwd(x), y)
             loss.backward()
             opt.step()
 
-        t = common.time_fn(train_step, args.device, args.min_time)
-        mem = peak_memory(train_step, args.device)
-        try:
-            saved = saved_activation_bytes(train_step, model)
-        except Exception as exc:  # hooks unsupported somewhere: say so
-            log(f"  saved_tensors_hooks failed: {type(exc).__name__}: {exc}")
-            saved = None
-        row = dict(base, status="ok", median_s=t["median_s"], iqr_s=t["iqr_s"],
-                   timer=t.get("timer"), blocks=t["blocks"], first_call_s=first_call_s,
-                   images_per_s=batch / t["median_s"], saved_activation_bytes=saved, **mem,
-                   **figs)
-        rows.append(row)
-        log(f"  {t['median_s'] * 1e3:9.1f} ms/step  saved {_mib(saved)} MiB  {mem}  "
-            f"check {figs}")
-        del model, fwd, opt
+        ready[variant] = (model, train_step)
+        rows.append(dict(base, status="ok", first_call_s=first_call_s, **figs))
+    log(f"{arch}: timing {', '.join(ready)} round by round")
+    times = common.time_interleaved({v: step for v, (_, step) in ready.items()}, args.device,
+                                    args.min_time) if ready else {}
+    for row in rows:
+        v = row["variant"]
+        if v not in ready:
+            continue
+        t = times[v]
+        mem = peak_memory(ready[v][1], args.device)
+        held = None
+        if not args.no_held:
+            try:
+                held = held_memory.held_bytes(arch, v, args.nonlin, args.rule, batch,
+                                              str(args.device), arch_bn(arch, args))["held_bytes"]
+            except Exception as exc:
+                log(f"  held-memory measurement failed: {exc}")
+        row.update(median_s=t["median_s"], iqr_s=t["iqr_s"], timer=t.get("timer"),
+                   blocks=t["blocks"], images_per_s=batch / t["median_s"],
+                   held_bytes=held, **mem)
+        log(f"  {v}: {t['median_s'] * 1e3:9.1f} ms/step  held {_mib(held)} MiB  {mem}")
+    ready.clear()
     return rows
 
 
@@ -342,9 +378,17 @@ def markdown(result, plot_rel=None):
         mem_head = ["peak allocated MiB", "rise in step MiB"]
     else:
         mem_head = ["process peak RSS in step MiB", "RSS rise in step MiB"]
-    headers = (["arch", "input", "variant", "ms/step", "images/s", "first call s",
-                "saved for backward MiB"] + mem_head + ["check", "loss rel diff",
-                                                        "grad rel err"])
+    headers = (["arch", "input", "variant", "ms/step", "vs kernel", "images/s", "first call s",
+                "held for backward MiB", "vs kernel"] + mem_head
+               + ["check", "loss rel diff", "grad rel err"])
+    kernel_rows = {r["arch"]: r for r in rows if r["variant"] == "kernel" and r["status"] == "ok"}
+
+    def ratio(r, key):
+        k = kernel_rows.get(r["arch"])
+        if k is None or r.get(key) is None or not k.get(key):
+            return "–"
+        return f"{r[key] / k[key]:.2f}"
+
     table = []
     for r in rows:
         if r["status"] != "ok":
@@ -354,16 +398,22 @@ def markdown(result, plot_rel=None):
         mem = ([_mib(r["peak_allocated_bytes"]), _mib(r["peak_rise_bytes"])] if cuda
                else [_mib(r.get("peak_rss_bytes")),
                      _mib(r.get("peak_rss_rise_bytes"))])
+        check = r.get("check", "–")
+        if r.get("bitwise_vs_kernel"):
+            check += ", bitwise = kernel"
         table.append([r["arch"], "x".join(map(str, r["shape"])), VARIANT_LABEL[r["variant"]],
-                      common.fmt_ms(r["median_s"]), f"{r['images_per_s']:.1f}",
-                      f"{r['first_call_s']:.1f}", _mib(r["saved_activation_bytes"])] + mem
-                     + [r.get("check", "–"), f"{r['loss_rel_diff']:.1e}",
-                        f"{r['grad_rel_l2_err']:.1e}"])
+                      common.fmt_ms(r["median_s"]), ratio(r, "median_s"),
+                      f"{r['images_per_s']:.1f}", f"{r['first_call_s']:.1f}",
+                      _mib(r.get("held_bytes")), ratio(r, "held_bytes")] + mem
+                     + [check, f"{r['loss_rel_diff']:.1e}", f"{r['grad_rel_l2_err']:.1e}"])
     out += ["", common.md_table(headers, table)]
     if not cuda:
-        out += ["", "CPU memory columns: *saved for backward* sums the unique storages autograd "
-                "packed during one step (saved_tensors_hooks), parameters excluded: the "
-                "activation memory, comparable across devices. *Process peak RSS* is the whole "
+        out += ["", "CPU memory columns: *held for backward* is what one training forward "
+                "leaves alive for the backward, measured the same way for every variant by "
+                "benchmarks/held_memory.py in a fresh process: the rise of the resident set over "
+                "the forward, with glibc returning freed memory at once "
+                "(MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=0; parameters and the "
+                "input batch excluded; median of three). *Process peak RSS* is the whole "
                 "process's resident-set high-water mark during one step (VmHWM, reset through "
                 "/proc/self/clear_refs just before it: torch's own ~0.5-1 GB, compiled code and "
                 "memory the allocator kept from earlier steps included); *RSS rise* is that peak "
@@ -383,12 +433,13 @@ def plot(result, path):
     env, cfg, rows = result["environment"], result["config"], result["rows"]
     cuda = env["device"].startswith("cuda")
     archs = cfg["archs"]
-    mem_key = "peak_allocated_bytes" if cuda else "saved_activation_bytes"
-    mem_label = "peak allocated MiB" if cuda else "saved for backward MiB"
+    mem_key = "held_bytes"
+    mem_label = "held for backward MiB"
     fig, axes = plt.subplots(2, len(archs), squeeze=False,
                              figsize=(max(8.0, 3.6 * len(archs)), 6.6))
     colors = {"ref": "tab:gray", "ref_compiled": "tab:blue", "kernel": "tab:red",
-              "kernel_compiled": "tab:orange"}
+              "kernel_lean": "tab:green", "kernel_compiled": "tab:orange",
+              "kernel_lean_compiled": "tab:olive"}
     for j, arch in enumerate(archs):
         sel = {r["variant"]: r for r in rows if r["arch"] == arch}
         names = [v for v in VARIANTS if v in sel]

@@ -43,12 +43,15 @@ BACKWARD_TOL = {
 COMPILED_TOL_FACTOR = 4.0
 
 # The four variants both scripts time on the same inputs.
-VARIANTS = ("ref", "ref_compiled", "kernel", "kernel_compiled")
+VARIANTS = ("ref", "ref_compiled", "kernel", "kernel_lean", "kernel_compiled",
+            "kernel_lean_compiled")
 VARIANT_LABEL = {
     "ref": "reference (eager)",
     "ref_compiled": "torch.compile(reference)",
     "kernel": "kernel",
+    "kernel_lean": "kernel, lean memory",
     "kernel_compiled": "kernel in compiled graph",
+    "kernel_lean_compiled": "kernel, lean, compiled",
 }
 
 
@@ -304,6 +307,43 @@ def time_cuda(fn, setup=None, rep_ms=60, warmup_ms=15):
     q = statistics.quantiles(times, n=4)
     return {"median_s": statistics.median(times), "iqr_s": q[2] - q[0], "blocks": len(times),
             "calls_per_block": 1, "timer": "cuda events"}
+
+
+def time_interleaved(fns, device, min_run_time=2.0, min_rounds=7):
+    """Median seconds per call of each of fns (name -> fn()), timed round by round: every round
+    calls each fn once, in a rotated order, so that slow phases of the machine hit all of them.
+    Runs until every fn had min_run_time seconds and min_rounds rounds."""
+    names = list(fns)
+    times = {n: [] for n in names}
+    cuda = torch.device(device).type == "cuda"
+    for n in names:  # warm-up
+        fns[n]()
+    synchronize(device)
+    r = 0
+    while r < min_rounds or min(sum(v) for v in times.values()) < min_run_time:
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            if cuda:
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                fns[n]()
+                end.record()
+                torch.cuda.synchronize()
+                times[n].append(start.elapsed_time(end) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                fns[n]()
+                times[n].append(time.perf_counter() - t0)
+        r += 1
+        if r >= 1000:
+            break
+    out = {}
+    for n, v in times.items():
+        q = statistics.quantiles(v, n=4) if len(v) >= 2 else [v[0]] * 3
+        out[n] = {"median_s": statistics.median(v), "iqr_s": q[2] - q[0], "blocks": len(v),
+                  "calls_per_block": 1, "timer": "interleaved rounds, one step per block"}
+    return out
 
 
 def time_fn(fn, device, min_run_time=0.5, setup=None):

@@ -21,6 +21,10 @@ _LAZY = {
     "STEP_RULES": ".rules",
     "STAIRCASE_RULES": ".rules",
     "convert": ".conversion",
+    "lean": ".memory",
+    "lean_memory": ".memory",
+    "lean_report": ".memory",
+    "is_lean": ".memory",
 }
 _SUBMODULES = ("reference", "functional", "nn", "_ops")
 

@@ -5,7 +5,7 @@ import numbers
 import torch
 import torch.autograd.forward_ad as _fwad
 
-from . import _ops, reference
+from . import _ops, memory as _lean, reference
 from .reference import STEP_VALUES
 from .rules import STAIRCASE_RULES, STEP_RULES
 
@@ -216,9 +216,19 @@ def step(z: torch.Tensor, rule: str = "soft_hinge", values: str = "pm1", grad_sc
         if _ops.transforms_active():
             return _ops.step_under_transform(z, rule, zero_one, grad_scale, save_code)
         if save_code:
-            return torch.ops.ftprop_cuda._step_saved(z, rule, zero_one, grad_scale)[0]
-        return torch.ops.ftprop_cuda.step(z, rule, zero_one, grad_scale)
-    return reference.step(z, rule, values, grad_scale)
+            y = torch.ops.ftprop_cuda._step_saved(z, rule, zero_one, grad_scale)[0]
+        else:
+            y = torch.ops.ftprop_cuda.step(z, rule, zero_one, grad_scale)
+        if _lean._current() is not None and _needs_grad(z):
+            _lean.note_unit(z, y, lambda zz: torch.ops.ftprop_cuda.step(zz, rule, zero_one, False),
+                            _lean.step_output_code(0.0 if zero_one else -1.0),
+                            kept_z=not save_code)
+        return y
+    y = reference.step(z, rule, values, grad_scale)
+    if _lean._current() is not None and _needs_grad(z):
+        _lean.note_unit(z, y, None, _lean.step_output_code(0.0 if values == "01" else -1.0),
+                        kept_z=False)
+    return y
 
 
 def staircase(z: torch.Tensor, steps: int = 3, lo: float = 0.0, hi: float = 1.0,
@@ -248,6 +258,16 @@ def staircase(z: torch.Tensor, steps: int = 3, lo: float = 0.0, hi: float = 1.0,
         if _ops.transforms_active():
             return _ops.staircase_under_transform(z, steps, lo, hi, rule, grad_scale, save_code)
         if save_code:
-            return torch.ops.ftprop_cuda._staircase_saved(z, steps, lo, hi, rule, grad_scale)[0]
-        return torch.ops.ftprop_cuda.staircase(z, steps, lo, hi, rule, grad_scale)
-    return reference.staircase(z, steps, lo, hi, rule, grad_scale)
+            y = torch.ops.ftprop_cuda._staircase_saved(z, steps, lo, hi, rule, grad_scale)[0]
+        else:
+            y = torch.ops.ftprop_cuda.staircase(z, steps, lo, hi, rule, grad_scale)
+        if _lean._current() is not None and _needs_grad(z):
+            _lean.note_unit(
+                z, y, lambda zz: torch.ops.ftprop_cuda.staircase(zz, steps, lo, hi, rule, False),
+                _lean.staircase_output_code(steps, lo, hi),
+                kept_z=not save_code)
+        return y
+    y = reference.staircase(z, steps, lo, hi, rule, grad_scale)
+    if _lean._current() is not None and _needs_grad(z):
+        _lean.note_unit(z, y, None, _lean.staircase_output_code(steps, lo, hi), kept_z=False)
+    return y

@@ -101,8 +101,15 @@ def _check_positive_int(name, value):
         raise ValueError(f"{name} must be a positive integer; got {value!r}")
 
 
+# What a training forward keeps for the backward: "lean" rebuilds unit outputs, batch-norm
+# outputs and max-pool indices in the backward, bitwise (ftprop_cuda.lean); "standard" keeps
+# what every layer saves.
+MEMORY_MODES = ("lean", "standard")
+
+
 def build_model_with_notes(arch, nonlin="step", rule="soft_hinge", grad_scale=True,
-                           num_classes=10, in_channels=3, image_size=32, bn=True, backend="auto"):
+                           num_classes=10, in_channels=3, image_size=32, bn=True, backend="auto",
+                           memory="lean"):
     """build_model's network and a list of lines about how it was built (empty for most)."""
     from .. import functional as F
     from .units import check_unit_args, is_hard_threshold, make_unit
@@ -115,25 +122,32 @@ def build_model_with_notes(arch, nonlin="step", rule="soft_hinge", grad_scale=Tr
     _check_positive_int("in_channels", in_channels)
     _check_positive_int("image_size", image_size)
     F.check_bool("bn", bn)
+    F.check_choice("memory", memory, MEMORY_MODES)
     if record.needs_bn and not bn:
         raise ValueError(f"bn=False is not supported for arch {arch!r}: it needs batch norm")
     if image_size < record.min_image_size:
         raise ValueError(f"image_size must be at least {record.min_image_size} for {arch}; "
                          f"got {image_size}")
     unit = functools.partial(make_unit, nonlin, rule, grad_scale, backend)
-    return record.build(unit, num_classes, in_channels, image_size, bn)
+    model, notes = record.build(unit, num_classes, in_channels, image_size, bn)
+    if memory == "lean":
+        from ..memory import lean
+        lean(model)
+    return model, notes
 
 
 def build_model(arch, nonlin="step", rule="soft_hinge", grad_scale=True, num_classes=10,
-                in_channels=3, image_size=32, bn=True, backend="auto"):
+                in_channels=3, image_size=32, bn=True, backend="auto", memory="lean"):
     """One of ARCHS (or `torchvision:NAME`) with every hidden activation a fresh `nonlin` unit.
 
     rule and grad_scale set the hard-threshold units' backward (rule names of docs/spec.md;
     ignored by 'relu' and 'threshrelu', for which rule may be None); backend is the ops'
-    backend. Raises ValueError naming the bad argument.
+    backend. memory: 'lean' (default) keeps far less for the backward with bitwise-identical
+    results (ftprop_cuda.lean), 'standard' keeps what each layer saves. Raises ValueError
+    naming the bad argument.
     """
     return build_model_with_notes(arch, nonlin, rule, grad_scale, num_classes, in_channels,
-                                  image_size, bn, backend)[0]
+                                  image_size, bn, backend, memory)[0]
 
 
 # The network classes and the unit helpers import torch: loaded on first use (PEP 562).
@@ -158,7 +172,7 @@ def __dir__():
 
 
 __all__ = [
-    "ARCHS", "ARCHITECTURES", "Architecture", "architecture", "NONLINS", "ALL_RULES",
+    "ARCHS", "ARCHITECTURES", "Architecture", "MEMORY_MODES", "architecture", "NONLINS", "ALL_RULES",
     "build_model", "build_model_with_notes", "make_unit", "supported_rules", "is_hard_threshold",
     "ThresholdReLU", "ConvNet4", "ConvNet8", "AlexNet", "ResNet18",
 ]

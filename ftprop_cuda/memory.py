@@ -1,0 +1,582 @@
+"""Lean memory mode: the same training step, keeping far less for the backward pass.
+
+    model = ftprop_cuda.lean(model)          # one line, any model with Step/Staircase units
+    print(ftprop_cuda.lean_report(model))    # after a training forward: what was made lean
+
+Between a training forward and its backward, autograd keeps the tensors each layer saved. In a
+hard-threshold network most of them are cheap to rebuild exactly, and lean mode rebuilds them in
+the backward instead of keeping them (docs/spec.md, "Lean memory mode"):
+
+* a unit's output, saved by the next layer (conv, linear, batch norm, pooling, ...), is rebuilt
+  from the unit's kept z with the same kernel, or, where the unit keeps only a code, from a
+  code of the output (2 bits for a step unit, ceil(log2(K + 2)) for a K-step staircase:
+  each level, and NaN);
+* a training-mode batch norm's output, kept by the unit after it (directly or through a
+  residual add), is recomputed from the batch norm's own kept input;
+* a 2-D max-pool keeps neither its input (its backward reads only the input's shape) nor int64
+  indices: their window-local offsets, in ceil(log2(window)) bits each.
+
+Every rebuilt tensor is bitwise the one the standard path keeps, so the forward and every
+gradient are bitwise identical. Anything lean mode does not recognise is kept as usual. It works
+in eager mode; under torch.compile the compiler chooses what to keep, and it stands aside.
+Second derivatives (create_graph=True) through a rebuilt tensor raise: the rebuilt tensor has no
+history to differentiate.
+"""
+import contextlib
+import math
+import threading
+import weakref
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["lean", "lean_memory", "lean_report", "is_lean"]
+
+_STATE = threading.local()
+
+
+def _current():
+    return getattr(_STATE, "ctx", None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bit packing of small codes (bit planes: exact for any width, device-agnostic torch ops)
+# ---------------------------------------------------------------------------------------------
+_BIT_WEIGHTS = {}
+
+
+def _weights(device):
+    w = _BIT_WEIGHTS.get(device)
+    if w is None:
+        w = _BIT_WEIGHTS[device] = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8,
+                                                device=device)
+    return w
+
+
+def code_bits(states):
+    """Bits per element for a code with `states` values."""
+    return max(1, math.ceil(math.log2(states)))
+
+
+def pack_codes(codes, bits):
+    """codes: integer tensor with values in [0, 2**bits); returns the packed uint8 planes."""
+    flat = codes.reshape(-1)
+    n = flat.numel()
+    pad = (-n) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    flat = flat.to(torch.int32 if bits > 8 else torch.uint8).view(-1, 8)
+    w = _weights(flat.device)
+    planes = []
+    for j in range(bits):
+        plane = ((flat >> j) & 1).to(torch.uint8)
+        planes.append((plane * w).sum(dim=1, dtype=torch.uint8))
+    return torch.stack(planes) if planes else flat.new_zeros((0, 0), dtype=torch.uint8)
+
+
+def unpack_codes(planes, n, dtype=torch.int64):
+    """The inverse of pack_codes: a flat tensor of n codes."""
+    bits = planes.shape[0]
+    w = _weights(planes.device)
+    out = None
+    for j in range(bits):
+        plane = ((planes[j].unsqueeze(1) & w) != 0).view(-1)[:n].to(dtype)
+        out = plane if j == 0 else out | (plane << j)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Rebuildable tensors
+# ---------------------------------------------------------------------------------------------
+class _Entry:
+    """A tensor produced in the forward that the backward can rebuild bitwise.
+
+    build() returns a fresh tensor with the recorded geometry. The entry holds only a weak
+    reference to the tensor itself; what it needs to rebuild it is kept elsewhere anyway (a
+    batch norm's input, a unit's z) or is a small code.
+    """
+
+    __slots__ = ("ref", "version", "geometry", "dtype", "device", "how", "inputs", "fn",
+                 "code", "code_fn", "uses", "cache", "__weakref__")
+
+    def __init__(self, t, how, inputs=(), fn=None, code_fn=None):
+        self.ref = weakref.ref(t)
+        self.version = t._version
+        self.geometry = (tuple(t.shape), tuple(t.stride()))
+        self.dtype, self.device = t.dtype, t.device
+        self.how = how
+        self.inputs = inputs  # _Source objects
+        self.fn = fn          # fn(*input values) -> tensor (under no_grad)
+        self.code = None      # (planes, decode) once packed
+        self.code_fn = code_fn
+        self.uses = 0
+        self.cache = None
+
+    def alive_as(self, t):
+        base = self.ref()
+        return (base is not None and t._version == self.version and base._version == self.version
+                and t.dtype == self.dtype)
+
+    def prepare(self):
+        """Called when a saved tensor is about to depend on this entry (at pack time)."""
+        if self.fn is None and self.code is None:  # a code built from the live tensor, once
+            base = self.ref()
+            self.code = self.code_fn(base)
+            self.code_fn = None
+        self.uses += 1
+
+    def build(self):
+        if self.cache is not None:
+            value = self.cache
+        else:
+            if self.fn is not None:
+                with torch.no_grad():
+                    value = self.fn(*(s.value() for s in self.inputs))
+            else:
+                planes, decode = self.code
+                value = decode(planes)
+            size, stride = self.geometry
+            if tuple(value.stride()) != stride:
+                value = torch.empty_strided(size, stride, dtype=self.dtype,
+                                            device=self.device).copy_(value)
+        self.uses -= 1
+        self.cache = value if self.uses > 0 else None
+        return value
+
+
+class _Source:
+    """An input of a recipe: another entry, or a tensor that is kept anyway (version-checked)."""
+
+    __slots__ = ("entry", "tensor", "version")
+
+    def __init__(self, ctx, t):
+        self.entry = ctx.lookup(t)
+        if self.entry is not None and t.shape == self.entry.geometry[0] \
+                and tuple(t.stride()) == self.entry.geometry[1]:
+            self.entry.uses += 1
+            self.tensor = None
+        else:
+            self.entry, self.tensor, self.version = None, t.detach(), t._version
+
+    def value(self):
+        if self.entry is not None:
+            return self.entry.build()
+        if self.tensor._version != self.version:
+            raise RuntimeError(
+                "ftprop_cuda lean memory mode: a tensor it recomputes from was modified in place "
+                "between the forward and the backward; use memory='standard' for this model")
+        return self.tensor
+
+    def free(self):
+        """Whether depending on this source keeps nothing beyond what is kept anyway."""
+        return self.entry is not None
+
+
+class _Rebuild:
+    __slots__ = ("entry", "size", "stride", "offset", "requires_grad")
+
+    def __init__(self, entry, t):
+        self.entry = entry
+        self.size, self.stride, self.offset = t.size(), t.stride(), t.storage_offset()
+        self.requires_grad = t.requires_grad
+
+
+class _ShapeOnly:
+    """A max-pool's input: its backward reads the shape and layout, never the values."""
+
+    __slots__ = ("size", "stride", "dtype", "device")
+
+    def __init__(self, t):
+        self.size, self.stride, self.dtype, self.device = t.size(), t.stride(), t.dtype, t.device
+
+
+class _PoolIndices:
+    __slots__ = ("planes", "size", "stride", "params", "in_w")
+
+    def __init__(self, t, in_w, params):
+        self.planes = _pack_pool_indices(t, in_w, params)
+        self.size, self.stride, self.params, self.in_w = t.size(), t.stride(), params, in_w
+
+
+def _no_double_backward():
+    return RuntimeError(
+        "ftprop_cuda lean memory mode: no second derivatives (create_graph=True) through a "
+        "tensor it rebuilt in the backward; train this model with memory='standard' "
+        "(ftprop_cuda.lean(model, enabled=False)) to differentiate twice")
+
+
+# ---------------------------------------------------------------------------------------------
+# Max-pool indices as window-local offsets
+# ---------------------------------------------------------------------------------------------
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _pool_params(args, kwargs):
+    names = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode")
+    vals = dict(zip(names, args))
+    vals.update({k: v for k, v in kwargs.items() if k in names})
+    kernel = _pair(vals["kernel_size"])
+    stride = vals.get("stride")
+    stride = kernel if stride is None or stride == [] or stride == () else _pair(stride)
+    return vals["input"], kernel, stride, _pair(vals.get("padding", 0)), \
+        _pair(vals.get("dilation", 1))
+
+
+def _window_grid(size, in_w, params, device):
+    kernel, stride, padding, dilation = params
+    oh = torch.arange(size[-2], device=device).view(-1, 1)
+    ow = torch.arange(size[-1], device=device).view(1, -1)
+    return oh * stride[0] - padding[0], ow * stride[1] - padding[1]
+
+
+def _pack_pool_indices(idx, in_w, params):
+    kernel, stride, padding, dilation = params
+    top, left = _window_grid(idx.shape, in_w, params, idx.device)
+    ih = torch.div(idx, in_w, rounding_mode="floor")
+    iw = idx - ih * in_w
+    local = torch.div(ih - top, dilation[0], rounding_mode="floor") * kernel[1] \
+        + torch.div(iw - left, dilation[1], rounding_mode="floor")
+    return pack_codes(local, code_bits(kernel[0] * kernel[1]))
+
+
+def _unpack_pool_indices(token):
+    in_w = token.in_w
+    kernel, stride, padding, dilation = token.params
+    n = math.prod(token.size)
+    local = unpack_codes(token.planes, n).view(token.size)
+    top, left = _window_grid(token.size, in_w, token.params, token.planes.device)
+    kh = torch.div(local, kernel[1], rounding_mode="floor")
+    kw = local - kh * kernel[1]
+    idx = (top + kh * dilation[0]) * in_w + left + kw * dilation[1]
+    out = torch.empty_strided(token.size, token.stride, dtype=torch.int64,
+                              device=token.planes.device)
+    return out.copy_(idx)
+
+
+# ---------------------------------------------------------------------------------------------
+# The context: a torch-function mode that records recipes, and saved-tensor hooks that use them
+# ---------------------------------------------------------------------------------------------
+_ADD = {torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__, torch.add}
+_IADD = {torch.Tensor.add_, torch.Tensor.__iadd__}
+
+
+class _Context(TorchFunctionMode):
+    def __init__(self, report=None):
+        super().__init__()
+        self.entries = {}
+        self.pool = None  # (input, params) while a max-pool runs
+        self.report = report  # dict name -> list of notes, or None
+        self.module = None
+
+    # registry ----------------------------------------------------------------------------
+    def lookup(self, t):
+        if not isinstance(t, torch.Tensor) or t.layout != torch.strided or t.is_nested:
+            return None
+        try:
+            ptr = t.untyped_storage().data_ptr()
+        except (RuntimeError, NotImplementedError):
+            return None
+        entry = self.entries.get(ptr)
+        return entry if entry is not None and entry.alive_as(t) else None
+
+    def register(self, t, entry):
+        if t.storage_offset() != 0 or t.numel() == 0:
+            return None
+        self.entries[t.untyped_storage().data_ptr()] = entry
+        return entry
+
+    def note(self, what):
+        if self.report is not None:
+            self.report.setdefault(self.module or "(model)", []).append(what)
+
+    # units (called from ftprop_cuda.functional) ---------------------------------------------
+    def unit(self, z, y, forward, code_fn, kept_z):
+        """y = forward(z) of a unit; kept_z: the unit's backward keeps z itself."""
+        if not y.requires_grad or y.storage_offset() != 0:
+            return
+        if kept_z:
+            src = _Source(self, z)
+            entry = _Entry(y, "unit output rebuilt from z", (src,), forward)
+        else:
+            entry = _Entry(y, "unit output kept as a code", code_fn=code_fn)
+        self.register(y, entry)
+
+    # torch-function mode ------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.batch_norm:
+            return self._batch_norm(func, args, kwargs)
+        if func is F.max_pool2d:
+            return self._max_pool(func, args, kwargs)
+        if func in _ADD or func in _IADD:
+            return self._add(func, args, kwargs)
+        return func(*args, **kwargs)
+
+    def _batch_norm(self, func, args, kwargs):
+        out = func(*args, **kwargs)
+        names = ("input", "running_mean", "running_var", "weight", "bias", "training",
+                 "momentum", "eps")
+        a = dict(zip(names, args))
+        a.update(kwargs)
+        if a.get("training", False) and out.requires_grad and isinstance(out, torch.Tensor):
+            x, rm, rv = a["input"], a.get("running_mean"), a.get("running_var")
+            w, b = a.get("weight"), a.get("bias")
+            momentum, eps = a.get("momentum", 0.1), a.get("eps", 1e-5)
+            # the same call on the same input: running statistics go to throw-away copies
+            # (they only receive the update; the output uses the batch statistics)
+            dummy_rm = None if rm is None else rm.detach().clone()
+            dummy_rv = None if rv is None else rv.detach().clone()
+            params = [p for p in (w, b) if p is not None]
+            sources = (_Source(self, x),) + tuple(_Source(self, p) for p in params)
+
+            def recompute(xv, *pv, _w=w is not None, _b=b is not None):
+                it = iter(pv)
+                wv = next(it) if _w else None
+                bv = next(it) if _b else None
+                with torch.no_grad():
+                    return F.batch_norm(xv, dummy_rm, dummy_rv, wv, bv, True, momentum, eps)
+
+            self.register(out, _Entry(out, "batch-norm output recomputed", sources, recompute))
+        return out
+
+    def _max_pool(self, func, args, kwargs):
+        if kwargs.get("return_indices") or (len(args) > 6 and args[6]):
+            return func(*args, **kwargs)
+        x, kernel, stride, padding, dilation = _pool_params(args, kwargs)
+        if x.dim() not in (3, 4) or not x.requires_grad:
+            return func(*args, **kwargs)
+        self.pool = (x, (kernel, stride, padding, dilation))
+        try:
+            return func(*args, **kwargs)
+        finally:
+            self.pool = None
+
+    def _add(self, func, args, kwargs):
+        if len(args) != 2 or kwargs or not all(isinstance(a, torch.Tensor) for a in args):
+            return func(*args, **kwargs)
+        a, b = args
+        ea, eb = self.lookup(a), self.lookup(b)
+        inplace = func in _IADD
+        if ea is None or eb is None:
+            return func(*args, **kwargs)
+        sa, sb = _Source(self, a), _Source(self, b)
+        out = func(*args, **kwargs)
+        if sa.free() and sb.free() and out.requires_grad and out.dtype == a.dtype:
+            def recompute(av, bv):
+                with torch.no_grad():
+                    return av + bv
+
+            self.register(out, _Entry(out, "residual sum recomputed", (sa, sb), recompute))
+        else:  # release the uses taken above
+            for s in (sa, sb):
+                if s.entry is not None:
+                    s.entry.uses -= 1
+        del inplace
+        return out
+
+    # saved-tensor hooks -------------------------------------------------------------------
+    def pack(self, t):
+        if self.pool is not None:
+            x, params = self.pool
+            if t.dtype == torch.int64 and t.dim() == x.dim():
+                self.note(f"max-pool indices kept as {code_bits(params[0][0] * params[0][1])}-bit "
+                          "window offsets")
+                return _PoolIndices(t, x.shape[-1], params)
+            if t.shape == x.shape and t.untyped_storage().data_ptr() == \
+                    x.untyped_storage().data_ptr():
+                self.note("max-pool input not kept (its backward reads only the shape)")
+                return _ShapeOnly(t)
+        entry = self.lookup(t)
+        if entry is None:
+            return t
+        entry.prepare()
+        self.note(entry.how)
+        return _Rebuild(entry, t)
+
+    @staticmethod
+    def unpack(packed):
+        if isinstance(packed, torch.Tensor):
+            return packed
+        if isinstance(packed, _Rebuild):
+            if torch.is_grad_enabled() and packed.requires_grad:
+                raise _no_double_backward()
+            base = packed.entry.build()
+            return base.as_strided(packed.size, packed.stride, packed.offset)
+        if isinstance(packed, _ShapeOnly):
+            return torch.empty_strided(packed.size, packed.stride, dtype=packed.dtype,
+                                       device=packed.device)
+        return _unpack_pool_indices(packed)
+
+
+@contextlib.contextmanager
+def lean_memory(report=None):
+    """Runs a training forward in lean memory mode (see the module docstring).
+
+    A no-op under torch.compile, under torch.func transforms and where grad mode is off.
+    report: a dict to receive, per module, what was made lean.
+    """
+    if (torch.compiler.is_compiling() or not torch.is_grad_enabled()
+            or torch._C._are_functorch_transforms_active()):
+        yield None
+        return
+    ctx = _Context(report)
+    prev = _current()
+    _STATE.ctx = ctx
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(ctx.pack, ctx.unpack), ctx:
+            yield ctx
+    finally:
+        _STATE.ctx = prev
+        ctx.entries.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# Unit outputs: the rebuild from z, and the output codes
+# ---------------------------------------------------------------------------------------------
+def _decoder(table, shape, stride):
+    def decode(planes):
+        codes = unpack_codes(planes, math.prod(shape))
+        out = torch.empty_strided(shape, stride, dtype=table.dtype, device=table.device)
+        return out.copy_(table[codes].view(shape))
+    return decode
+
+
+def step_output_code(values_low):
+    """code_fn for a step unit's output: 0 = low, 1 = high, 2 = NaN (2 bits)."""
+    def code_fn(y):
+        codes = torch.where(torch.isnan(y), 2, (y > 0).to(torch.uint8)).to(torch.uint8)
+        table = torch.tensor([values_low, 1.0, math.nan], dtype=y.dtype, device=y.device)
+        return pack_codes(codes, 2), _decoder(table, tuple(y.shape), tuple(y.stride()))
+    return code_fn
+
+
+def staircase_levels(steps, lo, hi, dtype, device):
+    """The K + 1 output levels, computed as the forward computes them (reference.py)."""
+    from .reference import opmath_dtype
+    op = opmath_dtype(dtype)
+    c = torch.arange(steps + 1, dtype=op, device=device)
+    q = c / torch.tensor(float(steps), dtype=op, device=device)
+    return (lo + q * (hi - lo)).to(dtype)
+
+
+def staircase_output_code(steps, lo, hi):
+    """code_fn for a staircase's output: the level index, K + 1 for NaN."""
+    def code_fn(y):
+        levels = staircase_levels(steps, lo, hi, y.dtype, y.device)
+        wide = torch.float64 if y.dtype == torch.float64 else torch.float32
+        flat = y.reshape(-1)
+        codes = torch.searchsorted(levels.to(wide), flat.to(wide))
+        codes = torch.where(torch.isnan(flat), steps + 1, codes)
+        table = torch.cat([levels, levels.new_full((1,), math.nan)])
+        return (pack_codes(codes, code_bits(steps + 2)),
+                _decoder(table, tuple(y.shape), tuple(y.stride())))
+    return code_fn
+
+
+def note_unit(z, y, forward, code_fn, kept_z):
+    """Called by the ops after a unit's forward while lean mode records."""
+    ctx = _current()
+    if ctx is not None:
+        ctx.unit(z, y, forward, code_fn, kept_z)
+
+
+# ---------------------------------------------------------------------------------------------
+# The one-line model API
+# ---------------------------------------------------------------------------------------------
+class _LeanHooks:
+    """Forward hooks that run a module's training forward under lean_memory()."""
+
+    def __init__(self, model):
+        self.names = {m: n or "(model)" for n, m in model.named_modules()}
+        self.handles = []
+        self.stack = None
+        self.depth = 0
+        self.report = {}
+        self.ctx = None
+
+    def enter(self, module, args):
+        if torch.compiler.is_compiling():
+            return
+        if self.depth == 0:
+            stack = contextlib.ExitStack()
+            report = {}
+            ctx = stack.enter_context(lean_memory(report))
+            if ctx is None:
+                stack.close()
+            else:
+                self.stack, self.ctx, self.report = stack, ctx, report
+        self.depth += 1
+
+    def exit(self, module, args, output):
+        if torch.compiler.is_compiling():
+            return
+        self.depth -= 1
+        if self.depth == 0 and self.stack is not None:
+            stack, self.stack, self.ctx = self.stack, None, None
+            stack.close()
+
+    def sub_enter(self, module, args):
+        if torch.compiler.is_compiling():
+            return
+        if self.ctx is not None:
+            self.ctx.module = self.names.get(module)
+
+    def sub_exit(self, module, args, output):
+        if torch.compiler.is_compiling():
+            return
+        if self.ctx is not None:
+            self.ctx.module = None
+
+    def install(self, model):
+        self.handles.append(model.register_forward_pre_hook(self.enter))
+        self.handles.append(model.register_forward_hook(self.exit, always_call=True))
+        for m in model.modules():
+            if m is not model:
+                self.handles.append(m.register_forward_pre_hook(self.sub_enter))
+                self.handles.append(m.register_forward_hook(self.sub_exit, always_call=True))
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+def lean(model, enabled=True):
+    """Puts model in lean memory mode (enabled=False: back to the standard mode); returns it.
+
+    Parameters, buffers, state_dict and outputs are unchanged; only what a training forward
+    keeps for the backward is. lean_report(model) says, after a forward, which layers kept less.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be True or False; got {enabled!r}")
+    hooks = getattr(model, "_ftprop_lean", None)
+    if hooks is not None:
+        hooks.remove()
+        del model._ftprop_lean
+    if enabled:
+        hooks = _LeanHooks(model)
+        hooks.install(model)
+        model._ftprop_lean = hooks
+    return model
+
+
+def is_lean(model):
+    return getattr(model, "_ftprop_lean", None) is not None
+
+
+def lean_report(model):
+    """What the last training forward of a lean model kept less of, per layer (a string)."""
+    hooks = getattr(model, "_ftprop_lean", None)
+    if hooks is None:
+        return "lean memory mode is off for this model"
+    if not hooks.report:
+        return "no training forward in lean memory mode yet (or nothing could be made lean)"
+    lines = []
+    for name, notes in hooks.report.items():
+        seen = list(dict.fromkeys(notes))
+        lines.append(f"{name}: " + "; ".join(seen))
+    return "\n".join(lines)
