@@ -37,4 +37,12 @@ TORCH_LIBRARY(ftprop_cuda, m) {
   m.def(
       "_staircase_backward_saved(Tensor grad, Tensor state, int steps, float lo, float hi, "
       "str rule, bool grad_scale) -> Tensor");
+  // Lean memory mode: a 2-D max-pool's int64 indices as window-local offsets of `bits` bits
+  // (pool_offsets.h), and back.
+  m.def(
+      "_pool_offsets_pack(Tensor indices, int in_w, int[2] kernel, int[2] stride, int[2] padding, "
+      "int[2] dilation, int bits) -> Tensor");
+  m.def(
+      "_pool_offsets_unpack(Tensor packed, int[] size, int in_w, int[2] kernel, int[2] stride, "
+      "int[2] padding, int[2] dilation, int bits) -> Tensor");
 }

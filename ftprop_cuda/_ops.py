@@ -143,6 +143,16 @@ if LOADED:
     def _staircase_backward_saved_fake(grad, state, steps, lo, hi, rule, grad_scale):
         return _empty_like_kernel(grad)
 
+    # The max-pool offset codec of lean memory mode (memory.py, csrc/pool_offsets.h).
+    @torch.library.register_fake("ftprop_cuda::_pool_offsets_pack")
+    def _pool_offsets_pack_fake(indices, in_w, kernel, stride, padding, dilation, bits):
+        per = 8 // bits
+        return indices.new_empty(((indices.numel() + per - 1) // per,), dtype=torch.uint8)
+
+    @torch.library.register_fake("ftprop_cuda::_pool_offsets_unpack")
+    def _pool_offsets_unpack_fake(packed, size, in_w, kernel, stride, padding, dilation, bits):
+        return packed.new_empty(size, dtype=torch.int64)
+
     # Second derivatives. The surrogate backward dz = F(g, z) is g s(z, t) (weighted) or
     # -t s(z, t) / B (normalised), with t = -sign(g) piecewise constant in g. A plain backward
     # runs the kernel alone; when a graph is being built (create_graph=True or a torch.func

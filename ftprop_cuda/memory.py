@@ -191,14 +191,6 @@ class _ShapeOnly:
         self.size, self.stride, self.dtype, self.device = t.size(), t.stride(), t.dtype, t.device
 
 
-class _PoolIndices:
-    __slots__ = ("planes", "size", "stride", "params", "in_w")
-
-    def __init__(self, t, in_w, params):
-        self.planes = _pack_pool_indices(t, in_w, params)
-        self.size, self.stride, self.params, self.in_w = t.size(), t.stride(), params, in_w
-
-
 def _no_double_backward():
     return RuntimeError(
         "ftprop_cuda lean memory mode: no second derivatives (create_graph=True) through a "
@@ -224,35 +216,34 @@ def _pool_params(args, kwargs):
         _pair(vals.get("dilation", 1))
 
 
-def _window_grid(size, in_w, params, device):
-    kernel, stride, padding, dilation = params
-    oh = torch.arange(size[-2], device=device).view(-1, 1)
-    ow = torch.arange(size[-1], device=device).view(1, -1)
-    return oh * stride[0] - padding[0], ow * stride[1] - padding[1]
+def _offset_bits(kernel):
+    """Bits per window offset (1, 2, 4 or 8), or None for windows of more than 256 elements."""
+    window = kernel[0] * kernel[1]
+    return next((b for b in (1, 2, 4, 8) if window <= 1 << b), None)
 
 
-def _pack_pool_indices(idx, in_w, params):
-    kernel, stride, padding, dilation = params
-    top, left = _window_grid(idx.shape, in_w, params, idx.device)
-    ih = torch.div(idx, in_w, rounding_mode="floor")
-    iw = idx - ih * in_w
-    local = torch.div(ih - top, dilation[0], rounding_mode="floor") * kernel[1] \
-        + torch.div(iw - left, dilation[1], rounding_mode="floor")
-    return pack_codes(local, code_bits(kernel[0] * kernel[1]))
+def _codec_available(device):
+    from . import _ops
+    return _ops.LOADED and device.type in _ops.KERNEL_DEVICES
 
 
-def _unpack_pool_indices(token):
-    in_w = token.in_w
-    kernel, stride, padding, dilation = token.params
-    n = math.prod(token.size)
-    local = unpack_codes(token.planes, n).view(token.size)
-    top, left = _window_grid(token.size, in_w, token.params, token.planes.device)
-    kh = torch.div(local, kernel[1], rounding_mode="floor")
-    kw = local - kh * kernel[1]
-    idx = (top + kh * dilation[0]) * in_w + left + kw * dilation[1]
-    out = torch.empty_strided(token.size, token.stride, dtype=torch.int64,
-                              device=token.planes.device)
-    return out.copy_(idx)
+class _PoolIndices:
+    """A max-pool's int64 indices as window-local offsets (csrc/pool_offsets.h)."""
+
+    __slots__ = ("packed", "size", "stride", "args")
+
+    def __init__(self, t, in_w, params, bits):
+        kernel, stride, padding, dilation = params
+        self.args = (in_w, list(kernel), list(stride), list(padding), list(dilation), bits)
+        self.size, self.stride = t.size(), t.stride()
+        self.packed = torch.ops.ftprop_cuda._pool_offsets_pack(t, *self.args)
+
+    def unpack(self):
+        idx = torch.ops.ftprop_cuda._pool_offsets_unpack(self.packed, list(self.size), *self.args)
+        if tuple(idx.stride()) == tuple(self.stride):
+            return idx
+        return torch.empty_strided(self.size, self.stride, dtype=idx.dtype,
+                                   device=idx.device).copy_(idx)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,10 +371,12 @@ class _Context(TorchFunctionMode):
     def pack(self, t):
         if self.pool is not None:
             x, params = self.pool
-            if t.dtype == torch.int64 and t.dim() == x.dim():
-                self.note(f"max-pool indices kept as {code_bits(params[0][0] * params[0][1])}-bit "
-                          "window offsets")
-                return _PoolIndices(t, x.shape[-1], params)
+            bits = _offset_bits(params[0])
+            rows_apart = (params[0][1] - 1) * params[3][1] < params[3][0] * x.shape[-1]
+            if t.dtype == torch.int64 and t.dim() == x.dim() and bits is not None \
+                    and rows_apart and _codec_available(t.device):
+                self.note(f"max-pool indices kept as {bits}-bit window offsets")
+                return _PoolIndices(t, x.shape[-1], params, bits)
             if t.shape == x.shape and t.untyped_storage().data_ptr() == \
                     x.untyped_storage().data_ptr():
                 self.note("max-pool input not kept (its backward reads only the shape)")
@@ -407,7 +400,7 @@ class _Context(TorchFunctionMode):
         if isinstance(packed, _ShapeOnly):
             return torch.empty_strided(packed.size, packed.stride, dtype=packed.dtype,
                                        device=packed.device)
-        return _unpack_pool_indices(packed)
+        return packed.unpack()
 
 
 @contextlib.contextmanager
