@@ -9,7 +9,11 @@ The paper's networks on synthetic batches of the paper's shapes: convnet4 (CIFAR
 batch 64 as in the paper's code), convnet8 (CIFAR-10, batch 128) and resnet18 (ImageNet,
 3x224x224, batch 256 on GPU; a smaller default batch on CPU, stated in the output). Hidden units
 are `nonlin` (default 'step', sign units with the soft-hinge rule). Variants: the model with
-backend='reference', the same under torch.compile, backend='kernel', and that compiled.
+backend='reference', the same under torch.compile, backend='kernel' in the standard and the lean
+memory mode (ftprop_cuda.lean; its gradients must equal the standard kernel path's bitwise), and
+both compiled (inside torch.compile the units run as aten ops the compiler can fuse; the lean
+one is compiled by ftprop_cuda.memory.compile_lean, with an activation-memory budget). The
+variants are timed round by round, interleaved, one training step per sample.
 
 Before timing, each variant runs forward+backward on the same batch from the same initial
 weights (and dropout seed) and is compared with the eager reference model: eager variants must
@@ -209,7 +213,10 @@ def build(arch, variant, args, state):
                         backend=backend, memory=memory)
     model.load_state_dict(state)
     model.to(args.device).train()
-    fwd = torch.compile(model) if variant.endswith("compiled") else model
+    fwd = model
+    if variant.endswith("compiled"):
+        from ftprop_cuda.memory import compile_lean
+        fwd = compile_lean(model) if memory == "lean" else torch.compile(model)
     if args.optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     else:

@@ -173,6 +173,18 @@ def _staircase_export(z, steps, lo, hi):
     return torch.where(torch.isnan(z), z, y)
 
 
+def _decompose_under_compile(z, family):
+    """Inside torch.compile (not export): run the unit as aten ops (the reference's
+    autograd.Function) so the compiler can fuse it with its neighbours and recompute instead of
+    saving; eager mode keeps the hand-written kernels. The step forward is a comparison and a
+    select, exact in any fused code; the staircase forward's lo + q (hi - lo) could be contracted
+    into a fused multiply-add by a GPU compiler, so a staircase is decomposed on the CPU only
+    (inductor's C++ code is compiled with -ffp-contract=off) and stays the kernel op elsewhere."""
+    if not torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return False
+    return family == "step" or z.device.type == "cpu"
+
+
 def _export_path(z, backend):
     """Under an exporter: True for the aten-only forward, False for the (non-saving) kernel op.
 
@@ -210,7 +222,7 @@ def step(z: torch.Tensor, rule: str = "soft_hinge", values: str = "pm1", grad_sc
         if _export_path(z, backend):
             return _step_export(z, values)
         return torch.ops.ftprop_cuda.step(z, rule, values == "01", grad_scale)
-    if _use_kernel(z, backend):
+    if _use_kernel(z, backend) and not _decompose_under_compile(z, "step"):
         zero_one = values == "01"
         save_code = _needs_grad(z) and _ops.step_saves_code(rule, save)
         if _ops.transforms_active():
@@ -253,7 +265,7 @@ def staircase(z: torch.Tensor, steps: int = 3, lo: float = 0.0, hi: float = 1.0,
         if _export_path(z, backend):
             return _staircase_export(z, steps, lo, hi)
         return torch.ops.ftprop_cuda.staircase(z, steps, lo, hi, rule, grad_scale)
-    if _use_kernel(z, backend):
+    if _use_kernel(z, backend) and not _decompose_under_compile(z, "staircase"):
         save_code = _needs_grad(z) and _ops.staircase_saves_code(rule, steps, save)
         if _ops.transforms_active():
             return _ops.staircase_under_transform(z, steps, lo, hi, rule, grad_scale, save_code)

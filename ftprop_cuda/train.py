@@ -41,7 +41,7 @@ DEFAULTS = dict(
     epochs=3, batch_size=64, test_batch_size=256,
     opt="adam", lr=2.5e-4, momentum=0.9, weight_decay=5e-4, lr_decay=0.1, lr_decay_epochs=[],
     loss="crossent", seed=1, backend="auto", device="auto", workers=None,
-    compile=False, amp=False, diagnostics=False,
+    compile=False, amp=False, diagnostics=False, memory="lean",
 )
 # What a resumed or evaluated checkpoint's config must hold: key -> (types, description).
 _NONE, _NUM = type(None), (int, float)
@@ -59,7 +59,7 @@ CONFIG_TYPES = {
 }
 # What a --resume may change (the rest defines the run being continued); --eval also the data.
 RESUME_MUTABLE = {"epochs", "data_root", "download", "workers", "backend", "device", "compile",
-                  "amp", "diagnostics", "test_batch_size"}
+                  "amp", "diagnostics", "test_batch_size", "memory"}
 EVAL_MUTABLE = RESUME_MUTABLE | {"dataset", "test_limit"}
 
 
@@ -181,6 +181,10 @@ def build_parser():
                    help="batch norm (default: the architecture's: off for convnet4, on otherwise)")
     m.add_argument("--backend", choices=_LazyChoices(_backend_names), default=S,
                    metavar="BACKEND", help="ops backend: auto, kernel, reference (default: auto)")
+    m.add_argument("--memory", choices=("lean", "standard"), default=S,
+                   help="what a training forward keeps for the backward: lean (default) rebuilds "
+                        "unit outputs, batch-norm outputs and max-pool indices in the backward, "
+                        "with bitwise-identical results; standard keeps what each layer saves")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", choices=DATASETS, default=S, help="(default: mnist5k)")
     d.add_argument("--data-root", default=S, metavar="DIR",
@@ -492,7 +496,8 @@ def _build(cfg, info, say):
         net, notes = build_model_with_notes(
             cfg["arch"], cfg["nonlin"], cfg["rule"], cfg["grad_scale"],
             num_classes=info.num_classes, in_channels=info.in_channels,
-            image_size=info.image_size, bn=cfg["bn"], backend=cfg["backend"])
+            image_size=info.image_size, bn=cfg["bn"], backend=cfg["backend"],
+            memory=cfg.get("memory", "lean"))
     except ValueError as exc:
         raise UsageError(f"{exc} (dataset {info.name}: {info.in_channels}x{info.image_size}x"
                          f"{info.image_size} images)")
@@ -569,7 +574,11 @@ class _State:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self.net, device_ids=[d.device.index] if d.device.type == "cuda" else None)
         if cfg["compile"]:
-            self.model = torch.compile(self.model)
+            if cfg.get("memory", "lean") == "lean":  # a graph that keeps less for the backward
+                from .memory import compile_lean
+                self.model = compile_lean(self.model)
+            else:
+                self.model = torch.compile(self.model)
         per_rank = cfg["batch_size"] // d.world
         drop = _has_batch_norm(self.net)
         self.train_loader, self.train_sampler = _loader(train_set, per_rank, True, cfg["seed"], d,
