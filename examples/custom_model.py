@@ -50,7 +50,8 @@ def main():
     train = torch.utils.data.DataLoader(train_set, batch_size=64, shuffle=True)
     test = torch.utils.data.DataLoader(test_set, batch_size=256)
 
-    model = SmallNet(info.num_classes)
+    # lean memory mode: the same training bit for bit, far less kept for the backward
+    model = ftprop_cuda.lean(SmallNet(info.num_classes))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for epoch in range(1 if args.smoke else args.epochs):
         model.train()
@@ -61,6 +62,8 @@ def main():
             optimizer.step()
         print(f"epoch {epoch + 1}: last batch loss {loss.item():.3f}, "
               f"test top-1 {evaluate(model, test):.1f}%")
+        if epoch == 0:
+            print("lean memory mode, per layer:\n" + ftprop_cuda.lean_report(model))
 
 
 if __name__ == "__main__":

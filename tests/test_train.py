@@ -127,6 +127,25 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert without_timing(resumed) == without_timing(metrics(full))
 
 
+def test_memory_modes_train_identically_and_resume_across(tmp_path):
+    """--memory lean (the default) and standard give the same run bit for bit (metrics and
+    weights); a standard run resumes in lean mode and continues exactly."""
+    common = fast("--dataset", "digits", "--train-limit", "320", "--batch-size", "32",
+                  "--arch", "convnet4", "--bn", "--seed", "3")
+    lean, std, part = (str(tmp_path / n) for n in ("lean", "standard", "part"))
+    assert run(common + ["--epochs", "2", "--out", lean])[0] == 0
+    assert run(common + ["--epochs", "2", "--memory", "standard", "--out", std])[0] == 0
+    assert without_timing(metrics(lean)) == without_timing(metrics(std))
+    a = torch.load(os.path.join(lean, "last.pt"), weights_only=False)["model"]
+    b = torch.load(os.path.join(std, "last.pt"), weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert run(common + ["--epochs", "1", "--memory", "standard", "--out", part])[0] == 0
+    code, _, stderr = run(["--resume", os.path.join(part, "last.pt"), "--epochs", "2",
+                           "--memory", "lean", "--quiet", "--no-tensorboard"])
+    assert code == 0, stderr
+    assert without_timing(metrics(part)) == without_timing(metrics(std))
+
+
 @pytest.mark.skipif(not FASHION_INSTALLED,
                     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 def test_fashion_mnist_learns(tmp_path):
