@@ -249,6 +249,22 @@ class _PoolIndices:
 # ---------------------------------------------------------------------------------------------
 # The context: a torch-function mode that records recipes, and saved-tensor hooks that use them
 # ---------------------------------------------------------------------------------------------
+def _autocast_state(device_type):
+    """(device type, enabled, dtype): a recomputation runs under the forward's autocast state
+    (the backward usually runs outside the autocast region)."""
+    try:
+        return device_type, torch.is_autocast_enabled(device_type), \
+            torch.get_autocast_dtype(device_type)
+    except (RuntimeError, TypeError):  # a device type autocast does not know
+        return device_type, False, None
+
+
+def _autocast(device_type, enabled, dtype):
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype, enabled=True)
+
+
 _ADD = {torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__, torch.add}
 _IADD = {torch.Tensor.add_, torch.Tensor.__iadd__}
 
@@ -322,11 +338,13 @@ class _Context(TorchFunctionMode):
             params = [p for p in (w, b) if p is not None]
             sources = (_Source(self, x),) + tuple(_Source(self, p) for p in params)
 
+            autocast = _autocast_state(x.device.type)
+
             def recompute(xv, *pv, _w=w is not None, _b=b is not None):
                 it = iter(pv)
                 wv = next(it) if _w else None
                 bv = next(it) if _b else None
-                with torch.no_grad():
+                with torch.no_grad(), _autocast(*autocast):
                     return F.batch_norm(xv, dummy_rm, dummy_rv, wv, bv, True, momentum, eps)
 
             self.register(out, _Entry(out, "batch-norm output recomputed", sources, recompute))
@@ -355,8 +373,10 @@ class _Context(TorchFunctionMode):
         sa, sb = _Source(self, a), _Source(self, b)
         out = func(*args, **kwargs)
         if sa.free() and sb.free() and out.requires_grad and out.dtype == a.dtype:
+            autocast = _autocast_state(a.device.type)
+
             def recompute(av, bv):
-                with torch.no_grad():
+                with torch.no_grad(), _autocast(*autocast):
                     return av + bv
 
             self.register(out, _Entry(out, "residual sum recomputed", (sa, sb), recompute))

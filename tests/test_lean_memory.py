@@ -363,3 +363,25 @@ def test_lean_held_bytes_meet_the_targets():
     print("\n".join(lines))
     for key, limit in TARGETS.items():
         assert held[(key, "kernel_lean")] <= limit * held[(key, "kernel")], "\n".join(lines)
+
+
+@needs_kernel
+def test_lean_under_cpu_autocast_matches_standard():
+    """Under autocast (bfloat16 convolutions feeding batch norms and units) lean mode still
+    gives the standard gradients bit for bit: rebuilt unit outputs keep their dtype and the
+    recomputed batch norms see the same inputs (and run under the forward's autocast state)."""
+    torch.manual_seed(0)
+    standard = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), ftprop_cuda.Step(),
+                             nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), ftprop_cuda.Step(),
+                             nn.Flatten(), nn.LazyLinear(3))
+    x, y = torch.randn(2, 3, 9, 9), torch.tensor([0, 2])
+    standard(x)
+    lean = ftprop_cuda.lean(copy.deepcopy(standard))
+    grads = []
+    for model in (standard, lean):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        grads.append([p.grad for p in model.parameters()])
+    for a, b in zip(*grads):
+        assert_same_bits(b, a)
