@@ -499,7 +499,10 @@ def note_unit(z, y, forward, code_fn, kept_z):
 # The one-line model API
 # ---------------------------------------------------------------------------------------------
 class _LeanHooks:
-    """Forward hooks that run a module's training forward under lean_memory()."""
+    """Forward hooks that run a module's training forward under lean_memory().
+
+    Only the model itself carries hooks. While a lean forward runs, two global module hooks
+    (removed when it ends) keep the name of the module being called, for lean_report."""
 
     def __init__(self, model):
         self.names = {m: n or "(model)" for n, m in model.named_modules()}
@@ -508,6 +511,7 @@ class _LeanHooks:
         self.depth = 0
         self.report = {}
         self.ctx = None
+        self.calls = []  # the modules being called, innermost last
 
     def enter(self, module, args):
         if torch.compiler.is_compiling():
@@ -519,7 +523,11 @@ class _LeanHooks:
             if ctx is None:
                 stack.close()
             else:
-                self.stack, self.ctx, self.report = stack, ctx, report
+                from torch.nn.modules import module as nn_module
+                stack.callback(nn_module.register_module_forward_pre_hook(self.sub_enter).remove)
+                stack.callback(nn_module.register_module_forward_hook(
+                    self.sub_exit, always_call=True).remove)
+                self.stack, self.ctx, self.report, self.calls = stack, ctx, report, []
         self.depth += 1
 
     def exit(self, module, args, output):
@@ -531,24 +539,18 @@ class _LeanHooks:
             stack.close()
 
     def sub_enter(self, module, args):
-        if torch.compiler.is_compiling():
-            return
         if self.ctx is not None:
-            self.ctx.module = self.names.get(module)
+            self.calls.append(self.names.get(module))
+            self.ctx.module = next((n for n in reversed(self.calls) if n), None)
 
     def sub_exit(self, module, args, output):
-        if torch.compiler.is_compiling():
-            return
-        if self.ctx is not None:
-            self.ctx.module = None
+        if self.ctx is not None and self.calls:
+            self.calls.pop()
+            self.ctx.module = next((n for n in reversed(self.calls) if n), None)
 
     def install(self, model):
         self.handles.append(model.register_forward_pre_hook(self.enter))
         self.handles.append(model.register_forward_hook(self.exit, always_call=True))
-        for m in model.modules():
-            if m is not model:
-                self.handles.append(m.register_forward_pre_hook(self.sub_enter))
-                self.handles.append(m.register_forward_hook(self.sub_exit, always_call=True))
 
     def remove(self):
         for h in self.handles:

@@ -69,6 +69,9 @@ def test_lean_gradients_are_bitwise_the_standard_ones(arch, nonlin, rule):
     lean = copy.deepcopy(standard)
     ftprop_cuda.lean(lean)
     assert ftprop_cuda.is_lean(lean) and not ftprop_cuda.is_lean(standard)
+    # only the model carries hooks (the units and layers stay hook-free)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks
+               for m in lean.modules() if m is not lean)
     x = torch.randn(3, 3, size, size)
     y = torch.tensor([0, 3, 4])
     _assert_same_step(standard, lean, x, y)
@@ -133,7 +136,7 @@ def test_custom_model_in_one_line_and_its_report():
     ftprop_cuda.lean(lean, enabled=False)  # back to standard: no hooks left
     assert not ftprop_cuda.is_lean(lean)
     assert ftprop_cuda.lean_report(lean) == "lean memory mode is off for this model"
-    assert not lean._forward_pre_hooks and not lean.conv1._forward_hooks
+    assert not lean._forward_pre_hooks and not lean._forward_hooks
 
 
 def test_lean_rejects_bad_arguments():
