@@ -32,6 +32,10 @@ echo "== CUDA tests"
 FTPROP_REQUIRE_EXT=1 FTPROP_EXPECT_CUDA=1 python3 -m pytest -q -rs \
   tests/test_ops.py tests/test_api.py tests/test_reference.py 2>&1 | tee "$OUT/tests.log" | tail -n 25
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+# lean memory mode's codes and max-pool offset codec on the GPU (their CUDA-parametrised cases)
+FTPROP_REQUIRE_EXT=1 python3 -m pytest -q -rs tests/test_lean_memory.py -k cuda 2>&1 \
+  | tee -a "$OUT/tests.log" | tail -n 10
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 echo "== benchmarks"
 if [ "${1:-}" = "--quick" ]; then bench_args=(--smoke); else bench_args=(); fi
