@@ -14,7 +14,7 @@ the backward instead of keeping them (docs/spec.md, "Lean memory mode"):
 * a training-mode batch norm's output, kept by the unit after it (directly or through a
   residual add), is recomputed from the batch norm's own kept input;
 * a 2-D max-pool keeps neither its input (its backward reads only the input's shape) nor int64
-  indices: their window-local offsets, in ceil(log2(window)) bits each.
+  indices: their window-local offsets, in 1, 2, 4 or 8 bits each (2 for a 2x2 window, 4 for 3x3).
 
 Every rebuilt tensor is bitwise the one the standard path keeps, so the forward and every
 gradient are bitwise identical. Anything lean mode does not recognise is kept as usual. It works
