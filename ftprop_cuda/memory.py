@@ -367,7 +367,6 @@ class _Context(TorchFunctionMode):
             return func(*args, **kwargs)
         a, b = args
         ea, eb = self.lookup(a), self.lookup(b)
-        inplace = func in _IADD
         if ea is None or eb is None:
             return func(*args, **kwargs)
         sa, sb = _Source(self, a), _Source(self, b)
@@ -384,7 +383,6 @@ class _Context(TorchFunctionMode):
             for s in (sa, sb):
                 if s.entry is not None:
                     s.entry.uses -= 1
-        del inplace
         return out
 
     # saved-tensor hooks -------------------------------------------------------------------
