@@ -140,6 +140,15 @@ def test_compile_lean_trains_like_eager_and_checks_its_budget():
     for a, p in zip(grads, model.parameters()):
         torch.testing.assert_close(a, p.grad)
     assert set(compiled.state_dict()) == {"module." + k for k in model.state_dict()}
+    # On the CPU its first call stored the convolution weight channels-last, values unchanged;
+    # the 1-D and 2-D parameters are as they were.
+    weight = model[0].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    assert not weight.is_contiguous()
+    assert model[4].weight.is_contiguous() and model[0].bias.is_contiguous()
+    torch.manual_seed(0)
+    fresh = torch.nn.Conv2d(3, 4, 3)
+    assert torch.equal(weight, fresh.weight)
     for bad in (0, 1.5, "half", True):
         with pytest.raises(ValueError, match="budget must be a number in"):
             compile_lean(model, bad)
@@ -154,9 +163,10 @@ BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_compiled_held_bytes_convnet4():
     """Held bytes under compile (bench_train's convnet4, batch 64): the package compiled keeps no
-    more than the compiled reference; compiled in lean mode it keeps far less. Measured at
-    0.600x (5.29 / 8.81 MiB) on 2026-12-02 with torch 2.14.1; the issue's target is <= 0.60x,
-    the bound below guards against a regression beyond that measurement."""
+    more than the compiled reference; compiled in lean mode at most 0.60x of it (the issue's
+    target). Measured at 0.578x (5.09 / 8.81 MiB) on 2026-12-02 with torch 2.14.1, after
+    compile_lean began storing convolution weights channels-last (0.601x before: the compiled
+    graph kept a channels-last copy of each weight)."""
     sys.path.insert(0, BENCH)
     try:
         import held_memory
@@ -166,4 +176,4 @@ def test_compiled_held_bytes_convnet4():
             for v in ("ref_compiled", "kernel_compiled", "kernel_lean_compiled")}
     assert held["ref_compiled"] > 1 << 20, held
     assert held["kernel_compiled"] <= 1.0 * held["ref_compiled"] + 65536, held
-    assert held["kernel_lean_compiled"] <= 0.61 * held["ref_compiled"], held
+    assert held["kernel_lean_compiled"] <= 0.60 * held["ref_compiled"], held
