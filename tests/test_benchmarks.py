@@ -111,3 +111,22 @@ def test_markdown_sections_are_replaced_in_place(tmp_path):
     assert "second A" in text and "first A" not in text and "first B" in text
     assert text.index("second A") < text.index("first B")
     assert common.parse_sizes("16-20:2,10") == [1 << 16, 1 << 18, 1 << 20, 1 << 10]
+
+
+@pytest.mark.skipif(not _has_models(), reason="needs ftprop_cuda.models")
+def test_bench_copies_times_every_copy_and_rejects_bad_flags():
+    script = os.path.join(BENCH, "bench_copies.py")
+    run = subprocess.run([sys.executable, script, "--arch", "convnet4", "--batch", "2",
+                          "--variants", "ref,kernel_lean", "--copies", "2", "--min-time", "0.05"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    lines = [ln for ln in run.stdout.splitlines() if "ms/step" in ln]
+    assert [ln.split()[0] + ln.split()[1] for ln in lines] == \
+        ["ref#1", "ref#2", "kernel_lean#1", "kernel_lean#2"]
+    assert lines[0].split()[4] == "x1.000"
+    for bad, msg in ((["--variants", "kernel,fast"], "--variants: unknown ['fast']"),
+                     (["--copies", "0"], "--copies expects a positive integer"),
+                     (["--min-time", "-1"], "--min-time expects a positive number")):
+        r = subprocess.run([sys.executable, script] + bad, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 2 and msg in r.stderr, r.stderr

@@ -99,6 +99,40 @@ def test_compiled_graph_holds_aten_ops_not_the_opaque_kernel():
 
 
 @needs_kernel
+@pytest.mark.parametrize("nonlin,rule", [("step", "soft_hinge"), ("step", "sste"),
+                                         ("qrelu", "soft_hinge")])
+def test_compiled_model_is_the_compiled_reference(nonlin, rule):
+    """The package's model under torch.compile gives the partitioner the very same forward and
+    backward graphs as the reference model: it cannot be slower or keep more than the compiled
+    reference (what bench_train measures, up to the machine's noise)."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+    from ftprop_cuda.models import build_model
+
+    x = torch.randn(4, 3, 32, 32)
+    codes = {}
+    for backend in ("reference", "kernel"):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = build_model("convnet4", nonlin=nonlin, rule=rule, backend=backend,
+                            memory="standard").train()
+
+        def keep(kind, backend=backend):
+            def compiler(gm, example_inputs):
+                codes[backend, kind] = gm.code
+                return gm.forward
+            return compiler
+
+        compiled = torch.compile(model, fullgraph=True, backend=aot_autograd(
+            fw_compiler=keep("forward"), bw_compiler=keep("backward"),
+            partition_fn=min_cut_rematerialization_partition))
+        compiled(x).sum().backward()
+    for kind in ("forward", "backward"):
+        assert codes["kernel", kind] == codes["reference", kind], kind
+    assert "ftprop_cuda" not in codes["kernel", "forward"] + codes["kernel", "backward"]
+
+
+@needs_kernel
 @pytest.mark.parametrize("family", ["step", "staircase"])
 def test_dynamic_shapes_compile_once_and_stay_exact(family):
     torch._dynamo.reset()
