@@ -641,14 +641,21 @@ class _LeanCompiled(torch.nn.Module):
 
         if not self._layout_done:
             self._layout_done = True
-            if not (_any_off_cpu(args) or _any_off_cpu(kwargs.values())):
-                _params_channels_last(self.module)
+            # DistributedDataParallel has laid out its gradient buckets by the parameters'
+            # strides already: convert before wrapping (params_channels_last), not here.
+            if not isinstance(self.module, torch.nn.parallel.DistributedDataParallel) and \
+                    not (_any_off_cpu(args) or _any_off_cpu(kwargs.values())):
+                params_channels_last(self.module)
         with functorch_config.patch(activation_memory_budget=self.budget):
             return self._compiled(*args, **kwargs)
 
 
-def _params_channels_last(model):
-    """Stores model's 4-D CPU parameters channels-last, in place (values unchanged)."""
+def params_channels_last(model):
+    """Stores model's 4-D CPU parameters channels-last, in place (values unchanged).
+
+    compile_lean does this on its first CPU call; call it yourself before wrapping the model in
+    DistributedDataParallel (whose gradient buckets follow the parameters' strides at wrapping)
+    and compile the wrapper with compile_lean."""
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 4 and p.device.type == "cpu" and p.layout == torch.strided \
@@ -664,8 +671,9 @@ def compile_lean(model, budget=None, **compile_kwargs):
     operations in the backward to stay within it. On its first call with CPU inputs it stores
     the model's 4-D parameters (convolution weights) channels-last, in place: the values are
     unchanged, and the compiled graph no longer keeps a channels-last copy of every weight for
-    the backward. Returns a module whose forward calls the compiled model; parameters and
-    state_dict are model's, under the prefix 'module.'.
+    the backward (a DistributedDataParallel model is left as it is: call params_channels_last
+    on the inner model before wrapping it). Returns a module whose forward calls the compiled
+    model; parameters and state_dict are model's, under the prefix 'module.'.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")

@@ -570,11 +570,15 @@ class _State:
         if self.diagnostics is not None and not self.diagnostics.units:
             say(f"{PROG}: note: --diagnostics: nonlin {cfg['nonlin']} has no hard-threshold units")
         self.model = self.net
+        lean_compile = cfg["compile"] and cfg.get("memory", "lean") == "lean"
+        if lean_compile and d.device.type == "cpu":  # before DDP records the parameters' layout
+            from .memory import params_channels_last
+            params_channels_last(self.net)
         if d.world > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self.net, device_ids=[d.device.index] if d.device.type == "cuda" else None)
         if cfg["compile"]:
-            if cfg.get("memory", "lean") == "lean":  # a graph that keeps less for the backward
+            if lean_compile:  # a graph that keeps less for the backward
                 from .memory import compile_lean
                 self.model = compile_lean(self.model)
             else:

@@ -190,6 +190,37 @@ def test_compile_lean_trains_like_eager_and_checks_its_budget():
         compile_lean(lambda x: x)
 
 
+@needs_kernel
+def test_compile_lean_leaves_a_ddp_models_layout_alone(tmp_path):
+    """DistributedDataParallel lays out its gradient buckets by the parameters' strides when it
+    wraps the model: compile_lean must not change them afterwards (the trainer converts before
+    wrapping, with params_channels_last)."""
+    import warnings
+    import torch.distributed as dist
+    from ftprop_cuda.memory import compile_lean, params_channels_last
+
+    torch._dynamo.reset()
+    dist.init_process_group("gloo", rank=0, world_size=1,
+                            init_method=f"file://{tmp_path / 'store'}")
+    try:
+        for convert_first in (False, True):
+            torch.manual_seed(0)
+            net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), ftprop_cuda.Step(),
+                                      torch.nn.Flatten(), torch.nn.Linear(144, 3))
+            if convert_first:
+                params_channels_last(net)
+            ddp = torch.nn.parallel.DistributedDataParallel(net)
+            compiled = compile_lean(ddp, backend="aot_eager")
+            with warnings.catch_warnings():
+                warnings.filterwarnings("error", message=".*strides do not match.*")
+                compiled(torch.randn(2, 3, 8, 8)).sum().backward()
+            assert net[0].weight.is_contiguous(memory_format=torch.channels_last) \
+                == convert_first
+            assert net[0].weight.is_contiguous() != convert_first
+    finally:
+        dist.destroy_process_group()
+
+
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
 
