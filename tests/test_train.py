@@ -275,3 +275,26 @@ def test_cli_process_exit_code_and_no_traceback(tmp_path):
         assert proc.returncode == 2
         assert "Traceback" not in proc.stderr
         assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("ftprop-train: error:")
+
+
+@pytest.mark.slow
+def test_compiled_lean_training_stores_conv_weights_channels_last(tmp_path):
+    """--compile in lean mode (compile_lean): trains, the CPU convolution weights are stored
+    channels-last (so the compiled graph keeps no copies of them), and the checkpoint evaluates
+    and resumes in an eager process like any other."""
+    torch._dynamo.reset()
+    out = str(tmp_path / "c")
+    code, _, stderr = run(fast("--dataset", "digits", "--arch", "convnet4", "--epochs", "1",
+                               "--train-limit", "128", "--test-limit", "128", "--compile",
+                               "--device", "cpu", "--out", out))
+    assert code == 0, stderr
+    ckpt = torch.load(os.path.join(out, "last.pt"), map_location="cpu", weights_only=False)
+    w = ckpt["model"]["layers.conv2.weight"]
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    (rec,) = metrics(out)
+    code, stdout, stderr = run(["--eval", os.path.join(out, "last.pt")])
+    assert code == 0, stderr
+    assert stdout.strip().endswith(f"test top-1 {rec['test_top1']:.2f}%")
+    code, _, stderr = run(fast("--resume", os.path.join(out, "last.pt"), "--epochs", "2"))
+    assert code == 0, stderr
+    assert len(metrics(out)) == 2
