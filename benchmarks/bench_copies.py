@@ -56,13 +56,8 @@ def main(argv=None):
     steps = {}
     for variant in variants:
         for c in range(1, args.copies + 1):
-            model, fwd, opt = bench_train.build(args.arch, variant, cfg, state)
-
-            def step(fwd=fwd, opt=opt):
-                opt.zero_grad(set_to_none=True)
-                torch.nn.functional.cross_entropy(fwd(x), y).backward()
-                opt.step()
-
+            _, fwd, opt = bench_train.build(args.arch, variant, cfg, state)
+            step = bench_train.make_train_step(fwd, opt, x, y)
             step()  # compile (compiled variants) and allocate before timing
             steps[f"{variant} #{c}"] = step
     times = common.time_interleaved(steps, device, min_run_time=args.min_time)

@@ -235,6 +235,15 @@ def make_batch(arch, batch, device, seed=0):
     return x.to(device), y.to(device)
 
 
+def make_train_step(fwd, opt, x, y):
+    """One timed training step: zero_grad, forward, cross-entropy, backward, optimizer step."""
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(fwd(x), y).backward()
+        opt.step()
+    return train_step
+
+
 def grads_of(model):
     return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
             for p in model.parameters()]
@@ -317,13 +326,7 @@ def bench_arch(args, arch, failures, log):
             rows.append(dict(base, status="CHECK FAILED: " + problem, **figs))
             continue
 
-        def train_step(fwd=fwd, opt=opt):
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(fwd(x), y)
-            loss.backward()
-            opt.step()
-
-        ready[variant] = (model, train_step)
+        ready[variant] = (model, make_train_step(fwd, opt, x, y))
         rows.append(dict(base, status="ok", first_call_s=first_call_s, **figs))
     log(f"{arch}: timing {', '.join(ready)} round by round")
     times = common.time_interleaved({v: step for v, (_, step) in ready.items()}, args.device,

@@ -30,6 +30,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 
 __all__ = ["lean", "lean_memory", "lean_report", "is_lean"]
 
@@ -609,18 +610,9 @@ def lean_report(model):
 LEAN_COMPILE_BUDGET = 0.65
 
 
-def _any_off_cpu(values):
-    for v in values:
-        if isinstance(v, torch.Tensor):
-            if v.device.type != "cpu":
-                return True
-        elif isinstance(v, (list, tuple)):
-            if _any_off_cpu(v):
-                return True
-        elif isinstance(v, dict):
-            if _any_off_cpu(v.values()):
-                return True
-    return False
+def _any_off_cpu(tree):
+    return any(isinstance(t, torch.Tensor) and t.device.type != "cpu"
+               for t in tree_leaves(tree))
 
 
 class _LeanCompiled(torch.nn.Module):
@@ -644,7 +636,7 @@ class _LeanCompiled(torch.nn.Module):
             # DistributedDataParallel has laid out its gradient buckets by the parameters'
             # strides already: convert before wrapping (params_channels_last), not here.
             if not isinstance(self.module, torch.nn.parallel.DistributedDataParallel) and \
-                    not (_any_off_cpu(args) or _any_off_cpu(kwargs.values())):
+                    not _any_off_cpu((args, kwargs)):
                 params_channels_last(self.module)
         with functorch_config.patch(activation_memory_budget=self.budget):
             return self._compiled(*args, **kwargs)
