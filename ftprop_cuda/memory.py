@@ -447,20 +447,62 @@ def lean_memory(report=None):
 # ---------------------------------------------------------------------------------------------
 # Unit outputs: the rebuild from z, and the output codes
 # ---------------------------------------------------------------------------------------------
+_LEVEL_CODEC = []
+
+
+def _level_codec(device):
+    """Whether the compiled level-code loops serve this device (CPU; elsewhere torch ops)."""
+    if not _LEVEL_CODEC:
+        from . import _ops
+        _LEVEL_CODEC.append(_ops._has_kernel("ftprop_cuda::_level_code_pack", "CPU")
+                            and _ops._has_kernel("ftprop_cuda::_level_code_unpack", "CPU"))
+    return device.type == "cpu" and _LEVEL_CODEC[0]
+
+
+def _row_major(shape, stride):
+    """Whether strides `stride` lay out `shape` densely in row-major order."""
+    expected = 1
+    for size, st in zip(reversed(shape), reversed(stride)):
+        if size != 1 and st != expected:
+            return False
+        expected *= size
+    return True
+
+
 def _decoder(table, shape, stride):
     def decode(planes):
-        codes = unpack_codes(planes, math.prod(shape))
+        n = math.prod(shape)
+        if _level_codec(table.device):
+            flat = torch.ops.ftprop_cuda._level_code_unpack(planes, table, n)
+            if _row_major(shape, stride):
+                return flat.as_strided(shape, stride)
+            values = flat.view(shape)
+        else:
+            values = table[unpack_codes(planes, n)].view(shape)
         out = torch.empty_strided(shape, stride, dtype=table.dtype, device=table.device)
-        return out.copy_(table[codes].view(shape))
+        return out.copy_(values)
     return decode
+
+
+def _level_code(y, levels, torch_codes):
+    """(planes, decode) of y, whose values are all in `levels` (ascending) or NaN.
+
+    torch_codes(y): the level indices computed with torch ops, for devices without the loops.
+    """
+    table = torch.cat([levels, levels.new_full((1,), math.nan)])
+    if _level_codec(y.device):
+        planes = torch.ops.ftprop_cuda._level_code_pack(y, levels)
+    else:
+        planes = pack_codes(torch_codes(y), code_bits(levels.numel() + 1))
+    return planes, _decoder(table, tuple(y.shape), tuple(y.stride()))
 
 
 def step_output_code(values_low):
     """code_fn for a step unit's output: 0 = low, 1 = high, 2 = NaN (2 bits)."""
     def code_fn(y):
-        codes = torch.where(torch.isnan(y), 2, (y > 0).to(torch.uint8)).to(torch.uint8)
-        table = torch.tensor([values_low, 1.0, math.nan], dtype=y.dtype, device=y.device)
-        return pack_codes(codes, 2), _decoder(table, tuple(y.shape), tuple(y.stride()))
+        levels = torch.tensor([values_low, 1.0], dtype=y.dtype, device=y.device)
+        return _level_code(y, levels, lambda v: torch.where(
+            torch.isnan(v), 2, (v > 0).to(torch.uint8)).to(torch.uint8))
     return code_fn
 
 
@@ -477,13 +519,14 @@ def staircase_output_code(steps, lo, hi):
     """code_fn for a staircase's output: the level index, K + 1 for NaN."""
     def code_fn(y):
         levels = staircase_levels(steps, lo, hi, y.dtype, y.device)
-        wide = torch.float64 if y.dtype == torch.float64 else torch.float32
-        flat = y.reshape(-1)
-        codes = torch.searchsorted(levels.to(wide), flat.to(wide))
-        codes = torch.where(torch.isnan(flat), steps + 1, codes)
-        table = torch.cat([levels, levels.new_full((1,), math.nan)])
-        return (pack_codes(codes, code_bits(steps + 2)),
-                _decoder(table, tuple(y.shape), tuple(y.stride())))
+
+        def torch_codes(v):
+            wide = torch.float64 if v.dtype == torch.float64 else torch.float32
+            flat = v.reshape(-1)
+            codes = torch.searchsorted(levels.to(wide), flat.to(wide))
+            return torch.where(torch.isnan(flat), steps + 1, codes)
+
+        return _level_code(y, levels, torch_codes)
     return code_fn
 
 

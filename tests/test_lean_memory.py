@@ -267,6 +267,69 @@ def test_pack_codes_round_trip(bits):
     assert torch.equal(memory.unpack_codes(planes, 1001), codes)
 
 
+# The compiled level-code loops (CPU) write the layout pack_codes writes, bit for bit, and read
+# it back; the torch-op path (other devices) is the oracle. Sizes around a group of 8.
+needs_level_codec = pytest.mark.skipif(not memory._level_codec(torch.device("cpu")),
+                                       reason="no compiled level-code loops")
+
+
+@needs_level_codec
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("count", [1, 2, 4, 6, 7, 8, 32, 33, 100, 256, 511])
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 64, 1001, 40003])
+def test_level_codec_matches_torch_codes(dtype, count, n):
+    gen = torch.Generator().manual_seed(count * 100003 + n)
+    # ascending distinct levels, exact in every dtype (integers of at most 8 significant bits)
+    levels = (torch.randperm(513, generator=gen)[:count].sort().values - 256).to(dtype)
+    codes = torch.randint(0, count + 1, (n,), generator=gen)
+    table = torch.cat([levels, levels.new_full((1,), math.nan)])
+    y = table[codes]
+    planes = torch.ops.ftprop_cuda._level_code_pack(y, levels)
+    assert planes.dtype == torch.uint8
+    bits = memory.code_bits(count + 1)
+    assert torch.equal(planes, memory.pack_codes(codes, bits).view(bits, -1))
+    out = torch.ops.ftprop_cuda._level_code_unpack(planes, table, n)
+    assert_same_bits(out, y)
+
+
+@needs_level_codec
+def test_level_codec_odd_inputs():
+    levels = torch.tensor([-1.0, 1.0])
+    y = torch.tensor([[1.0, -1.0, math.nan], [-1.0, 1.0, 1.0]]).t()  # non-contiguous
+    planes = torch.ops.ftprop_cuda._level_code_pack(y, levels)
+    table = torch.tensor([-1.0, 1.0, math.nan])
+    assert_same_bits(torch.ops.ftprop_cuda._level_code_unpack(planes, table, 6),
+                     y.reshape(-1))
+    # a damaged code (3, past the 3-entry table) reads the table's last entry, never memory
+    damaged = torch.tensor([[0b1], [0b1]], dtype=torch.uint8)
+    assert torch.isnan(torch.ops.ftprop_cuda._level_code_unpack(damaged, table, 1)).all()
+    with pytest.raises(RuntimeError, match="levels must have y's dtype"):
+        torch.ops.ftprop_cuda._level_code_pack(y, levels.double())
+    with pytest.raises(RuntimeError, match="levels must be a 1-D tensor"):
+        torch.ops.ftprop_cuda._level_code_pack(y, torch.zeros(512))
+    with pytest.raises(RuntimeError, match="y must be floating point"):
+        torch.ops.ftprop_cuda._level_code_pack(torch.zeros(3, dtype=torch.int32),
+                                               torch.zeros(2, dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="planes has 1 bytes per plane"):
+        torch.ops.ftprop_cuda._level_code_unpack(planes, table, 100)
+    with pytest.raises(RuntimeError, match="2 planes for a table of 5 values"):
+        torch.ops.ftprop_cuda._level_code_unpack(planes, torch.zeros(5), 6)
+
+
+def test_output_codes_without_the_loops(monkeypatch):
+    """The torch-op path (every device but the CPU) gives the same codes and values."""
+    y = ftprop_cuda.reference.staircase_forward(torch.randn(3, 7, 5) * 2, 5, -1.0, 1.0)
+    y[0, 0, 0] = math.nan
+    for code_fn in (memory.staircase_output_code(5, -1.0, 1.0),):
+        planes, decode = code_fn(y)
+        monkeypatch.setattr(memory, "_level_codec", lambda device: False)
+        planes_torch, decode_torch = code_fn(y)
+        assert torch.equal(planes.view(planes_torch.shape), planes_torch)
+        assert_same_bits(decode_torch(planes_torch), y)
+        monkeypatch.undo()
+        assert_same_bits(decode(planes), y)
+
+
 POOLS = [  # kernel, stride, padding, dilation, ceil_mode
     ((2, 2), (2, 2), (0, 0), (1, 1), False),
     ((3, 3), (2, 2), (1, 1), (1, 1), False),
@@ -299,6 +362,44 @@ def test_pool_offsets_round_trip(device, pool, layout):
     out = token.unpack()
     assert out.stride() == idx.stride()
     assert torch.equal(out, idx)
+
+
+def _offsets_oracle(idx, in_w, kernel, stride, padding, dilation, bits):
+    """pool_offsets.h's layout from its definition, with torch ops: offset kh * KW + kw of each
+    element's maximum in its window, 8 / bits offsets per byte, element k of a byte at bit
+    k * bits."""
+    out_h, out_w = idx.shape[-2:]
+    oh = torch.arange(out_h).view(-1, 1)
+    ow = torch.arange(out_w).view(1, -1)
+    top = oh * stride[0] - padding[0]
+    left = ow * stride[1] - padding[1]
+    ih, iw = idx // in_w, idx % in_w
+    kh, kw = (ih - top) // dilation[0], (iw - left) // dilation[1]
+    assert bool(((ih - top) % dilation[0] == 0).all() and ((iw - left) % dilation[1] == 0).all())
+    off = (kh * kernel[1] + kw).reshape(-1)
+    per = 8 // bits
+    off = torch.cat([off, off.new_zeros((-off.numel()) % per)]).view(-1, per)
+    return (off << (torch.arange(per) * bits)).sum(1).to(torch.uint8)
+
+
+@needs_kernel
+@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("shape", [(5, 7, 37, 29), (2, 3, 64, 64), (1, 2, 6, 1500)])
+def test_pool_offsets_layout_across_blocks(pool, shape):
+    """Inputs of several of the CPU loop's 4096-element blocks, rows straddling blocks: the bytes
+    are the layout pool_offsets.h defines (the CUDA kernels write it element by element)."""
+    kernel, stride, padding, dilation, ceil_mode = pool
+    torch.manual_seed(sum(shape))
+    x = torch.randn(shape)
+    x[0, 0, :2] = math.nan
+    _, idx = F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
+    bits = memory._offset_bits(kernel)
+    args = (x.shape[-1], list(kernel), list(stride), list(padding), list(dilation), bits)
+    packed = torch.ops.ftprop_cuda._pool_offsets_pack(idx, *args)
+    assert torch.equal(packed, _offsets_oracle(idx, x.shape[-1], kernel, stride, padding,
+                                               dilation, bits))
+    assert torch.equal(torch.ops.ftprop_cuda._pool_offsets_unpack(packed, list(idx.shape),
+                                                                  *args), idx)
 
 
 @needs_kernel

@@ -1,11 +1,148 @@
 // CPU kernels of the max-pool offset codec (see ../pool_offsets.h).
+//
+// The elements are taken in blocks; a block is walked one output row at a time, where the
+// window origin grows by the stride from element to element, so the offset computation is a
+// plain loop the compiler vectorises (2x2 and 3x3 windows get their own instances, with the
+// window's rows and columns as constants). Offsets are staged one byte each, then packed
+// `8 / bits` to a byte, the layout the CUDA kernels and pool_offsets.h use.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "../pool_offsets_args.h"
+#include "loops.h"  // best_isa(), FTPROP_BODY and the target attributes
 
 namespace ftprop {
 namespace cpu {
+namespace {
+
+constexpr int64_t kPoolBlock = 4096;  // elements per block: a multiple of 8, so whole bytes
+static_assert(kPoolBlock % 8 == 0, "a block packs into whole bytes");
+
+// (oh, ow) of element e, and a walk over the row segments of elements [e, e + len).
+struct RowWalk {
+  int64_t oh, ow;
+  RowWalk(int64_t e, const PoolGeometry& g) : oh((e / g.out_w) % g.out_h), ow(e % g.out_w) {}
+  template <typename F>
+  void each(int64_t len, const PoolGeometry& g, const F& f) {
+    for (int64_t s = 0; s < len;) {
+      const int64_t seg = std::min(len - s, g.out_w - ow);
+      f(s, seg, window_origin(oh, ow, g));
+      s += seg;
+      ow += seg;
+      if (ow == g.out_w) {
+        ow = 0;
+        if (++oh == g.out_h) oh = 0;
+      }
+    }
+  }
+};
+
+struct PoolBody {
+  // Offsets of elements [e0, e0 + len) packed into dst. kKH, kKW: the window, 0 = read from g.
+  template <int kKH, int kKW>
+  FTPROP_BODY void pack(const int64_t* idx, int64_t e0, int64_t len, const PoolGeometry& g,
+                        uint8_t* dst) {
+    uint8_t off[kPoolBlock];
+    const int64_t kh = kKH ? kKH : g.kh, kw = kKW ? kKW : g.kw;
+    const int64_t row = g.dh * g.in_w, sw = g.sw, dw = g.dw;
+    RowWalk(e0, g).each(len, g, [&](int64_t s, int64_t seg, int64_t origin) {
+      const int64_t* src = idx + e0 + s;
+      uint8_t* o = off + s;
+      for (int64_t k = 0; k < seg; ++k) {  // offset_of_delta, with selects instead of products
+        const int64_t d = src[k] - (origin + k * sw);
+        int64_t a = 0, rem = d;
+        for (int64_t j = 1; j < kh; ++j) {
+          const bool below = d >= j * row;
+          a += below;
+          rem -= below ? row : 0;
+        }
+        int64_t b = 0;
+        for (int64_t j = 1; j < kw; ++j) b += rem >= j * dw;
+        o[k] = static_cast<uint8_t>(a * kw + b);
+      }
+    });
+    const int per = 8 / g.bits;
+    const int64_t bytes = (len + per - 1) / per;
+    for (int64_t k = len; k < bytes * per; ++k) off[k] = 0;
+    switch (g.bits) {
+      case 1: put<1>(off, dst, bytes); break;
+      case 2: put<2>(off, dst, bytes); break;
+      case 4: put<4>(off, dst, bytes); break;
+      default: put<8>(off, dst, bytes); break;
+    }
+  }
+
+  template <int kBits>
+  FTPROP_BODY void put(const uint8_t* off, uint8_t* dst, int64_t bytes) {
+    constexpr int kPer = 8 / kBits;
+    for (int64_t j = 0; j < bytes; ++j) {
+      uint32_t byte = 0;
+      for (int k = 0; k < kPer; ++k) byte |= uint32_t{off[j * kPer + k]} << (k * kBits);
+      dst[j] = static_cast<uint8_t>(byte);
+    }
+  }
+
+  template <int kBits>
+  FTPROP_BODY void take(const uint8_t* src, uint8_t* off, int64_t bytes) {
+    constexpr int kPer = 8 / kBits;
+    constexpr uint32_t kMask = (1u << kBits) - 1u;
+    for (int64_t j = 0; j < bytes; ++j) {
+      for (int k = 0; k < kPer; ++k) off[j * kPer + k] = (uint32_t{src[j]} >> (k * kBits)) & kMask;
+    }
+  }
+
+  // Indices of elements [e0, e0 + len) from their packed offsets (src: the block's first byte);
+  // delta[o]: the flat distance of offset o from its window's origin.
+  FTPROP_BODY void unpack(const uint8_t* src, int64_t e0, int64_t len, const PoolGeometry& g,
+                          const int64_t* delta, int64_t* dst) {
+    uint8_t off[kPoolBlock];
+    const int per = 8 / g.bits;
+    const int64_t bytes = (len + per - 1) / per;
+    switch (g.bits) {
+      case 1: take<1>(src, off, bytes); break;
+      case 2: take<2>(src, off, bytes); break;
+      case 4: take<4>(src, off, bytes); break;
+      default: take<8>(src, off, bytes); break;
+    }
+    const int64_t sw = g.sw;
+    RowWalk(e0, g).each(len, g, [&](int64_t s, int64_t seg, int64_t origin) {
+      int64_t* out = dst + e0 + s;
+      const uint8_t* o = off + s;
+      for (int64_t k = 0; k < seg; ++k) out[k] = origin + k * sw + delta[o[k]];
+    });
+  }
+};
+
+template <int kKH, int kKW>
+FTPROP_TARGET_AVX2 void pack_avx2(const int64_t* idx, int64_t e0, int64_t len,
+                                  const PoolGeometry& g, uint8_t* dst) {
+  PoolBody::pack<kKH, kKW>(idx, e0, len, g, dst);
+}
+template <int kKH, int kKW>
+void pack_base(const int64_t* idx, int64_t e0, int64_t len, const PoolGeometry& g,
+               uint8_t* dst) {
+  PoolBody::pack<kKH, kKW>(idx, e0, len, g, dst);
+}
+FTPROP_TARGET_AVX2 void unpack_avx2(const uint8_t* src, int64_t e0, int64_t len,
+                                    const PoolGeometry& g, const int64_t* delta, int64_t* dst) {
+  PoolBody::unpack(src, e0, len, g, delta, dst);
+}
+void unpack_base(const uint8_t* src, int64_t e0, int64_t len, const PoolGeometry& g,
+                 const int64_t* delta, int64_t* dst) {
+  PoolBody::unpack(src, e0, len, g, delta, dst);
+}
+
+template <int kKH, int kKW>
+void pack_block(const int64_t* idx, int64_t e0, int64_t len, const PoolGeometry& g,
+                uint8_t* dst) {
+  if (best_isa() == Isa::kBase) {
+    pack_base<kKH, kKW>(idx, e0, len, g, dst);
+  } else {
+    pack_avx2<kKH, kKW>(idx, e0, len, g, dst);
+  }
+}
 
 at::Tensor pool_offsets_pack_cpu(const at::Tensor& indices, int64_t in_w, at::IntArrayRef kernel,
                                  at::IntArrayRef stride, at::IntArrayRef padding,
@@ -16,25 +153,23 @@ at::Tensor pool_offsets_pack_cpu(const at::Tensor& indices, int64_t in_w, at::In
   const at::Tensor idx = indices.contiguous();
   const int64_t n = idx.numel();
   at::Tensor out = at::empty({packed_pool_bytes(n, bits)}, idx.options().dtype(at::kByte));
+  if (n == 0) return out;
   const int64_t* src = idx.const_data_ptr<int64_t>();
   uint8_t* dst = out.mutable_data_ptr<uint8_t>();
   const int per = 8 / geometry.bits;
-  // Blocks of whole bytes; within a block the output position (oh, ow) advances by counters.
-  at::parallel_for(0, out.numel(), 2048, [&](int64_t begin, int64_t end) {
+  const int64_t blocks = (n + kPoolBlock - 1) / kPoolBlock;
+  at::parallel_for(0, blocks, 4, [&](int64_t begin, int64_t end) {
     const PoolGeometry g = geometry;  // a local copy: the uint8 stores below may alias anything
-    int64_t e = begin * per;
-    int64_t ow = e % g.out_w, oh = (e / g.out_w) % g.out_h;
-    for (int64_t j = begin; j < end; ++j) {
-      uint8_t byte = 0;
-      for (int k = 0; k < per && e < n; ++k, ++e) {
-        const uint8_t off = offset_of_delta(src[e] - window_origin(oh, ow, g), g);
-        byte |= static_cast<uint8_t>(off << (k * g.bits));
-        if (++ow == g.out_w) {
-          ow = 0;
-          if (++oh == g.out_h) oh = 0;
-        }
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t e0 = b * kPoolBlock, len = std::min(kPoolBlock, n - e0);
+      uint8_t* d = dst + e0 / per;
+      if (g.kh == 2 && g.kw == 2) {
+        pack_block<2, 2>(src, e0, len, g, d);
+      } else if (g.kh == 3 && g.kw == 3) {
+        pack_block<3, 3>(src, e0, len, g, d);
+      } else {
+        pack_block<0, 0>(src, e0, len, g, d);
       }
-      dst[j] = byte;
     }
   });
   return out;
@@ -51,25 +186,31 @@ at::Tensor pool_offsets_unpack_cpu(const at::Tensor& packed, at::IntArrayRef siz
   TORCH_CHECK(packed.numel() == packed_pool_bytes(n, bits),
               "ftprop_cuda pool offsets: packed has ", packed.numel(), " bytes, expected ",
               packed_pool_bytes(n, bits));
+  if (n == 0) return out;
+  // every value a stored offset can take, valid or not, has an entry (no read past the table)
+  int64_t delta[256] = {};
+  for (int64_t o = 0; o < geometry.kh * geometry.kw; ++o) {
+    delta[o] = delta_of_offset(static_cast<uint8_t>(o), geometry);
+  }
   const uint8_t* src = packed.const_data_ptr<uint8_t>();
   int64_t* dst = out.mutable_data_ptr<int64_t>();
-  const int shift = bits == 1 ? 3 : bits == 2 ? 2 : bits == 4 ? 1 : 0;  // log2(8 / bits)
-  const int64_t per_mask = (int64_t{1} << shift) - 1;
-  const uint8_t mask = static_cast<uint8_t>((1u << bits) - 1u);
-  at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
+  const int per = 8 / geometry.bits;
+  const int64_t blocks = (n + kPoolBlock - 1) / kPoolBlock;
+  at::parallel_for(0, blocks, 4, [&](int64_t begin, int64_t end) {
     const PoolGeometry g = geometry;
-    int64_t ow = begin % g.out_w, oh = (begin / g.out_w) % g.out_h;
-    for (int64_t e = begin; e < end; ++e) {
-      const uint8_t off = (src[e >> shift] >> ((e & per_mask) * g.bits)) & mask;
-      dst[e] = window_origin(oh, ow, g) + delta_of_offset(off, g);
-      if (++ow == g.out_w) {
-        ow = 0;
-        if (++oh == g.out_h) oh = 0;
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t e0 = b * kPoolBlock, len = std::min(kPoolBlock, n - e0);
+      if (best_isa() == Isa::kBase) {
+        unpack_base(src + e0 / per, e0, len, g, delta, dst);
+      } else {
+        unpack_avx2(src + e0 / per, e0, len, g, delta, dst);
       }
     }
   });
   return out;
 }
+
+}  // namespace
 
 TORCH_LIBRARY_IMPL(ftprop_cuda, CPU, m) {
   m.impl("_pool_offsets_pack", &pool_offsets_pack_cpu);
