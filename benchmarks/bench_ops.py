@@ -321,7 +321,9 @@ def markdown(result, plot_rel=None):
     title = (f"### bench_ops: {env['device_name']} ({env['device']}), "
              f"THP_MEM_ALLOC_ENABLE={thp if thp is not None else 'unset'}")
     warning = common.load_warning(env)
-    out = [title, "", common.env_markdown(env)] + (["", warning] if warning else []) + ["",
+    partial = common.partial_note(result)
+    out = [title, "", common.env_markdown(env)] + (["", warning] if warning else []) \
+        + (["", partial] if partial else []) + ["",
            f"Command: `{result['command']}` ({result['elapsed_s']:.0f} s). Sizes "
            f"{', '.join(common.size_label(n) for n in args['sizes'])}; staircase with "
            f"steps={args['steps']}; values='pm1', grad_scale=True. Median of "
@@ -479,6 +481,20 @@ def main(argv=None):
                         {"size": None, "true": True, "false": False}[args.dynamic])
     copies = Copies(args.device, args.min_time)
     rows, failures = [], []
+    config = {k: (v if not isinstance(v, (torch.device, list)) else
+                  [common.DTYPE_SHORT.get(x, x) for x in v] if isinstance(v, list) else str(v))
+              for k, v in vars(args).items()}
+    config["dtypes"] = [common.DTYPE_SHORT[d] for d in args.dtypes]
+    command = "python benchmarks/bench_ops.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if os.environ.get("THP_MEM_ALLOC_ENABLE"):
+        command = f"THP_MEM_ALLOC_ENABLE={os.environ['THP_MEM_ALLOC_ENABLE']} " + command
+
+    def result_so_far():
+        return {"benchmark": "bench_ops", "command": command, "environment": env,
+                "config": config, "failures": failures,
+                "copies": sorted(copies.rows.values(), key=lambda c: (c["dtype"], c["n"])),
+                "rows": rows, "elapsed_s": time.perf_counter() - start}
+
     for op in args.ops:
         rules = [r for r in args.rules
                  if r in (ftprop_cuda.STEP_RULES if op == "step" else ftprop_cuda.STAIRCASE_RULES)]
@@ -488,25 +504,10 @@ def main(argv=None):
                     log(f"{op} {rule} {common.DTYPE_SHORT[dtype]} n={common.size_label(n)}")
                     rows += bench_config(args, variants, copies, op, rule, dtype, n, failures,
                                          log)
+                common.snapshot(args.out, "bench_ops", args.tag, result_so_far())
     common.finish_environment(env)
-    config = {k: (v if not isinstance(v, (torch.device, list)) else
-                  [common.DTYPE_SHORT.get(x, x) for x in v] if isinstance(v, list) else str(v))
-              for k, v in vars(args).items()}
-    config["dtypes"] = [common.DTYPE_SHORT[d] for d in args.dtypes]
-    result = {
-        "benchmark": "bench_ops",
-        "command": "python benchmarks/bench_ops.py " + " ".join(sys.argv[1:] if argv is None
-                                                                 else argv),
-        "environment": env, "config": config, "failures": failures,
-        "copies": sorted(copies.rows.values(), key=lambda c: (c["dtype"], c["n"])),
-        "rows": rows,
-        "elapsed_s": time.perf_counter() - start,
-    }
-    if os.environ.get("THP_MEM_ALLOC_ENABLE"):
-        result["command"] = f"THP_MEM_ALLOC_ENABLE={os.environ['THP_MEM_ALLOC_ENABLE']} " + \
-            result["command"]
+    result = result_so_far()
 
-    result["config"]["tag"] = args.tag
     common.write_outputs(result, "bench_ops", args.tag, args.out, markdown, plot, args.markdown,
                          args.no_plot, log)
     return common.report_failures("bench_ops", failures)

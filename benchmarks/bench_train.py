@@ -369,6 +369,8 @@ def markdown(result, plot_rel=None):
     warning = common.load_warning(env)
     if warning:
         out += ["", warning]
+    if common.partial_note(result):
+        out += ["", common.partial_note(result)]
     small = [f"{r['arch']} batch {r['batch']} (paper: {r['paper_batch']})" for r in rows
              if r["batch"] != r["paper_batch"] and r["variant"] == cfg["variants"][0]]
     out += ["", f"Command: `{result['command']}` ({result['elapsed_s']:.0f} s). One training "
@@ -501,22 +503,27 @@ def main(argv=None):
 
     env = common.environment(args.device)
     log(common.env_markdown(env))
-    rows, failures = [], []
-    for arch in args.archs:
-        rows += bench_arch(args, arch, failures, log)
-    common.finish_environment(env)
     config = {"device": str(args.device), "archs": args.archs, "variants": args.variants,
               "batch_sizes": args.batch_sizes, "nonlin": args.nonlin, "rule": args.rule,
-              "optimizer": args.optimizer, "min_time": args.min_time, "smoke": args.smoke}
+              "optimizer": args.optimizer, "min_time": args.min_time, "smoke": args.smoke,
+              "tag": args.tag}
     command = "python benchmarks/bench_train.py " + " ".join(sys.argv[1:] if argv is None
                                                              else argv)
     if os.environ.get("THP_MEM_ALLOC_ENABLE"):
         command = f"THP_MEM_ALLOC_ENABLE={os.environ['THP_MEM_ALLOC_ENABLE']} {command}"
-    result = {"benchmark": "bench_train", "command": command.strip(), "environment": env,
-              "config": config, "failures": failures, "rows": rows,
-              "elapsed_s": time.perf_counter() - start}
+    rows, failures = [], []
 
-    result["config"]["tag"] = args.tag
+    def result_so_far():
+        return {"benchmark": "bench_train", "command": command.strip(), "environment": env,
+                "config": config, "failures": failures, "rows": rows,
+                "elapsed_s": time.perf_counter() - start}
+
+    for arch in args.archs:
+        rows += bench_arch(args, arch, failures, log)
+        common.snapshot(args.out, "bench_train", args.tag, result_so_far())
+    common.finish_environment(env)
+    result = result_so_far()
+
     common.write_outputs(result, "bench_train", args.tag, args.out, markdown, plot,
                          args.markdown, args.no_plot, log)
     return common.report_failures("bench_train", failures)

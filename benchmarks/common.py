@@ -415,10 +415,28 @@ def fresh_function(fn, name):
 # Output
 # ---------------------------------------------------------------------------------------------
 def write_json(path, obj):
+    """Writes obj as JSON, whole or not at all (a temporary file renamed over path)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
         json.dump(obj, f, indent=1, default=str)
         f.write("\n")
+    os.replace(tmp, path)
+
+
+def snapshot(out_dir, name, tag, result):
+    """Writes the rows measured so far to <out_dir>/<name>_<tag>.json, marked partial, so that a
+    run stopped early (a time limit, a lost machine) leaves every finished row; `--from-json`
+    renders it. The run's last write replaces it with the whole result."""
+    write_json(os.path.join(out_dir, f"{name}_{tag}.json"), dict(result, partial=True))
+
+
+def partial_note(result):
+    """A line for a result that a run stopped before it finished, else None."""
+    if not result.get("partial"):
+        return None
+    return ("**Partial result:** the run stopped before it finished (a time limit or a lost "
+            "machine); the configurations below are those it completed.")
 
 
 def md_table(headers, rows, align=None):

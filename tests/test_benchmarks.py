@@ -130,3 +130,39 @@ def test_bench_copies_times_every_copy_and_rejects_bad_flags():
         r = subprocess.run([sys.executable, script] + bad, capture_output=True, text=True,
                            timeout=120)
         assert r.returncode == 2 and msg in r.stderr, r.stderr
+
+
+def test_a_stopped_run_leaves_its_finished_rows(tmp_path, monkeypatch):
+    """A benchmark cut short (the GPU check's time limit, a lost machine) still leaves a JSON of
+    every configuration it finished, marked partial, that --from-json renders as such."""
+    sys.path.insert(0, BENCH)
+    try:
+        import bench_ops
+    finally:
+        sys.path.remove(BENCH)
+    real = bench_ops.bench_config
+
+    def stopped_at_the_staircase(args, variants, copies, op, *rest):
+        if op == "staircase":
+            raise KeyboardInterrupt  # what a time limit's signal does to the run, in effect
+        return real(args, variants, copies, op, *rest)
+
+    monkeypatch.setattr(bench_ops, "bench_config", stopped_at_the_staircase)
+    argv = ["--smoke", "--variants", "ref,kernel", "--out", str(tmp_path), "--tag", "cut",
+            "--no-plot"]
+    with pytest.raises(KeyboardInterrupt):
+        bench_ops.main(argv)
+    with open(tmp_path / "bench_ops_cut.json") as f:
+        data = json.load(f)
+    assert data["partial"] is True
+    assert data["rows"] and {r["op"] for r in data["rows"]} == {"step"}
+    assert all(r["status"] == "ok" for r in data["rows"])
+    monkeypatch.setattr(bench_ops, "bench_config", real)
+    assert bench_ops.main(["--from-json", str(tmp_path / "bench_ops_cut.json"), "--out",
+                           str(tmp_path / "again"), "--no-plot"]) == 0
+    md = (tmp_path / "again" / "bench_ops_cut.md").read_text()
+    assert "**Partial result:**" in md
+    # a run that finishes replaces the snapshot with the whole result
+    assert bench_ops.main(argv) == 0
+    with open(tmp_path / "bench_ops_cut.json") as f:
+        assert "partial" not in json.load(f)
