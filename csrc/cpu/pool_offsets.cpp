@@ -20,21 +20,19 @@ namespace {
 constexpr int64_t kPoolBlock = 4096;  // elements per block: a multiple of 8, so whole bytes
 static_assert(kPoolBlock % 8 == 0, "a block packs into whole bytes");
 
-// (oh, ow) of element e, and a walk over the row segments of elements [e, e + len).
-struct RowWalk {
+// The output position (oh, ow) of element e, advanced one row segment at a time. Used inline in
+// the loop bodies (no callback: a lambda body could be compiled apart from its caller's target
+// and lose the AVX2 code generation, see loops.h).
+struct RowCursor {
   int64_t oh, ow;
-  RowWalk(int64_t e, const PoolGeometry& g) : oh((e / g.out_w) % g.out_h), ow(e % g.out_w) {}
-  template <typename F>
-  void each(int64_t len, const PoolGeometry& g, const F& f) {
-    for (int64_t s = 0; s < len;) {
-      const int64_t seg = std::min(len - s, g.out_w - ow);
-      f(s, seg, window_origin(oh, ow, g));
-      s += seg;
-      ow += seg;
-      if (ow == g.out_w) {
-        ow = 0;
-        if (++oh == g.out_h) oh = 0;
-      }
+  RowCursor(int64_t e, const PoolGeometry& g) : oh((e / g.out_w) % g.out_h), ow(e % g.out_w) {}
+  // elements left in the current row, at most n
+  int64_t segment(int64_t n, const PoolGeometry& g) const { return std::min(n, g.out_w - ow); }
+  void advance(int64_t seg, const PoolGeometry& g) {
+    ow += seg;
+    if (ow == g.out_w) {
+      ow = 0;
+      if (++oh == g.out_h) oh = 0;
     }
   }
 };
@@ -47,7 +45,10 @@ struct PoolBody {
     uint8_t off[kPoolBlock];
     const int64_t kh = kKH ? kKH : g.kh, kw = kKW ? kKW : g.kw;
     const int64_t row = g.dh * g.in_w, sw = g.sw, dw = g.dw;
-    RowWalk(e0, g).each(len, g, [&](int64_t s, int64_t seg, int64_t origin) {
+    RowCursor at(e0, g);
+    for (int64_t s = 0; s < len;) {
+      const int64_t seg = at.segment(len - s, g);
+      const int64_t origin = window_origin(at.oh, at.ow, g);
       const int64_t* src = idx + e0 + s;
       uint8_t* o = off + s;
       for (int64_t k = 0; k < seg; ++k) {  // offset_of_delta, with selects instead of products
@@ -62,7 +63,9 @@ struct PoolBody {
         for (int64_t j = 1; j < kw; ++j) b += rem >= j * dw;
         o[k] = static_cast<uint8_t>(a * kw + b);
       }
-    });
+      at.advance(seg, g);
+      s += seg;
+    }
     const int per = 8 / g.bits;
     const int64_t bytes = (len + per - 1) / per;
     for (int64_t k = len; k < bytes * per; ++k) off[k] = 0;
@@ -107,11 +110,16 @@ struct PoolBody {
       default: take<8>(src, off, bytes); break;
     }
     const int64_t sw = g.sw;
-    RowWalk(e0, g).each(len, g, [&](int64_t s, int64_t seg, int64_t origin) {
+    RowCursor at(e0, g);
+    for (int64_t s = 0; s < len;) {
+      const int64_t seg = at.segment(len - s, g);
+      const int64_t origin = window_origin(at.oh, at.ow, g);
       int64_t* out = dst + e0 + s;
       const uint8_t* o = off + s;
       for (int64_t k = 0; k < seg; ++k) out[k] = origin + k * sw + delta[o[k]];
-    });
+      at.advance(seg, g);
+      s += seg;
+    }
   }
 };
 
