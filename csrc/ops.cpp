@@ -45,6 +45,11 @@ TORCH_LIBRARY(ftprop_cuda, m) {
   m.def(
       "_pool_offsets_unpack(Tensor packed, int[] size, int in_w, int[2] kernel, int[2] stride, "
       "int[2] padding, int[2] dilation, int bits) -> Tensor");
+  // A contiguous input's max-pool gradient from the packed offsets (CPU), bitwise ATen's from the
+  // int64 indices.
+  m.def(
+      "_pool_offsets_backward(Tensor grad, Tensor packed, int[] input_size, int in_w, "
+      "int[2] kernel, int[2] stride, int[2] padding, int[2] dilation, int bits) -> Tensor");
   // Lean memory mode: a unit's output as the index of its level (NaN: one past the last level),
   // in bit planes, and back (cpu/level_codes.cpp; CPU only: other devices use torch ops).
   m.def("_level_code_pack(Tensor y, Tensor levels) -> Tensor");

@@ -153,6 +153,11 @@ if LOADED:
     def _pool_offsets_unpack_fake(packed, size, in_w, kernel, stride, padding, dilation, bits):
         return packed.new_empty(size, dtype=torch.int64)
 
+    @torch.library.register_fake("ftprop_cuda::_pool_offsets_backward")
+    def _pool_offsets_backward_fake(grad, packed, input_size, in_w, kernel, stride, padding,
+                                    dilation, bits):
+        return grad.new_empty(input_size)
+
     # Second derivatives. The surrogate backward dz = F(g, z) is g s(z, t) (weighted) or
     # -t s(z, t) / B (normalised), with t = -sign(g) piecewise constant in g. A plain backward
     # runs the kernel alone; when a graph is being built (create_graph=True or a torch.func

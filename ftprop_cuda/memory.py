@@ -214,7 +214,7 @@ def _pool_params(args, kwargs):
     stride = vals.get("stride")
     stride = kernel if stride is None or stride == [] or stride == () else _pair(stride)
     return vals["input"], kernel, stride, _pair(vals.get("padding", 0)), \
-        _pair(vals.get("dilation", 1))
+        _pair(vals.get("dilation", 1)), bool(vals.get("ceil_mode", False))
 
 
 def _offset_bits(kernel):
@@ -226,6 +226,44 @@ def _offset_bits(kernel):
 def _codec_available(device):
     from . import _ops
     return _ops.LOADED and device.type in _ops.KERNEL_DEVICES
+
+
+_POOL_BACKWARD = []
+
+
+def _pool_backward_available(x):
+    """Whether _LeanMaxPool2d serves this input: a contiguous floating-point CPU tensor, with the
+    compiled backward from offsets loaded."""
+    if not _POOL_BACKWARD:
+        from . import _ops
+        _POOL_BACKWARD.append(_ops._has_kernel("ftprop_cuda::_pool_offsets_backward", "CPU"))
+    return _POOL_BACKWARD[0] and x.device.type == "cpu" and x.is_floating_point() \
+        and x.is_contiguous()
+
+
+class _LeanMaxPool2d(torch.autograd.Function):
+    """A 2-D max-pool (contiguous CPU input) that keeps only its window offsets, and whose
+    backward reads them directly: neither its input nor int64 indices are kept or rebuilt. The
+    forward is ATen's; the backward sums the gradients in ATen's order and arithmetic, so both
+    are bitwise the standard path's (csrc/cpu/pool_offsets.cpp)."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride, padding, dilation, ceil_mode, bits):
+        out, idx = torch.ops.aten.max_pool2d_with_indices.default(
+            x, list(kernel), list(stride), list(padding), list(dilation), ceil_mode)
+        ctx.args = (x.shape[-1], list(kernel), list(stride), list(padding), list(dilation), bits)
+        ctx.input_size = list(x.shape)
+        ctx.save_for_backward(torch.ops.ftprop_cuda._pool_offsets_pack(idx, *ctx.args))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        if torch.is_grad_enabled():
+            raise _no_double_backward()
+        packed, = ctx.saved_tensors
+        return (torch.ops.ftprop_cuda._pool_offsets_backward(grad, packed, ctx.input_size,
+                                                             *ctx.args),
+                None, None, None, None, None, None)
 
 
 class _PoolIndices:
@@ -354,9 +392,15 @@ class _Context(TorchFunctionMode):
     def _max_pool(self, func, args, kwargs):
         if kwargs.get("return_indices") or (len(args) > 6 and args[6]):
             return func(*args, **kwargs)
-        x, kernel, stride, padding, dilation = _pool_params(args, kwargs)
+        x, kernel, stride, padding, dilation, ceil_mode = _pool_params(args, kwargs)
         if x.dim() not in (3, 4) or not x.requires_grad:
             return func(*args, **kwargs)
+        bits = _offset_bits(kernel)
+        if bits is not None and (kernel[1] - 1) * dilation[1] < dilation[0] * x.shape[-1] \
+                and _pool_backward_available(x):
+            self.note(f"max-pool keeps {bits}-bit window offsets, read by its backward "
+                      "(no input, no indices)")
+            return _LeanMaxPool2d.apply(x, kernel, stride, padding, dilation, ceil_mode, bits)
         self.pool = (x, (kernel, stride, padding, dilation))
         try:
             return func(*args, **kwargs)

@@ -131,7 +131,7 @@ def test_custom_model_in_one_line_and_its_report():
     _assert_same_step(standard, lean, x, y)
     report = ftprop_cuda.lean_report(lean)
     assert "residual sum recomputed" in report  # act1 keeps bn2(.) + a as a recipe
-    assert "pool: max-pool input not kept" in report and "4-bit window offsets" in report
+    assert "pool: max-pool keeps 4-bit window offsets, read by its backward" in report
     assert "unit output kept as a code" in report  # the staircase's sste keeps only a code
     ftprop_cuda.lean(lean, enabled=False)  # back to standard: no hooks left
     assert not ftprop_cuda.is_lean(lean)
@@ -400,6 +400,87 @@ def test_pool_offsets_layout_across_blocks(pool, shape):
                                                dilation, bits))
     assert torch.equal(torch.ops.ftprop_cuda._pool_offsets_unpack(packed, list(idx.shape),
                                                                   *args), idx)
+
+
+needs_pool_backward = pytest.mark.skipif(
+    not memory._pool_backward_available(torch.zeros(1)),
+    reason="no compiled max-pool backward from offsets")
+
+
+@needs_pool_backward
+@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("layout", ["contiguous", "3d", "strided_grad"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pool_backward_from_offsets_is_atens(pool, layout, dtype):
+    """Bitwise ATen's max-pool backward from the int64 indices, overlapping windows included
+    (several gradients summed into one input), in every dtype."""
+    kernel, stride, padding, dilation, ceil_mode = pool
+    torch.manual_seed(7)
+    x = torch.randn(3, 5, 13, 10).round().to(dtype)  # rounded: many ties
+    x[0, 0] = -math.inf
+    x[0, 1, :4] = math.nan
+    x[1, 2] = 0.0
+    if layout == "3d":
+        x = x[1]
+    x.requires_grad_(True)
+    out, idx = F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
+    grad = torch.randn(out.shape).to(dtype)
+    if layout == "strided_grad":  # a gradient in another layout than the output's
+        grad = torch.randn(out.shape[::-1]).to(dtype).permute(*reversed(range(out.dim())))
+    expected = torch.ops.aten.max_pool2d_with_indices_backward(
+        grad, x, list(kernel), list(stride), list(padding), list(dilation), ceil_mode, idx)
+    bits = memory._offset_bits(kernel)
+    args = (x.shape[-1], list(kernel), list(stride), list(padding), list(dilation), bits)
+    packed = torch.ops.ftprop_cuda._pool_offsets_pack(idx, *args)
+    got = torch.ops.ftprop_cuda._pool_offsets_backward(grad, packed, list(x.shape), *args)
+    assert got.stride() == expected.stride()
+    assert_same_bits(got, expected)
+    # the autograd Function lean mode uses: ATen's output, the same input gradient
+    lean_out = memory._LeanMaxPool2d.apply(x, kernel, stride, padding, dilation, ceil_mode, bits)
+    assert_same_bits(lean_out.detach(), out.detach())
+    (lean_grad,) = torch.autograd.grad(lean_out, x, grad)
+    assert_same_bits(lean_grad, expected)
+
+
+@needs_pool_backward
+def test_pool_backward_from_offsets_errors():
+    x = torch.randn(1, 2, 6, 6, requires_grad=True)
+    args = (6, [2, 2], [2, 2], [0, 0], [1, 1], 2)
+    out = memory._LeanMaxPool2d.apply(x, (2, 2), (2, 2), (0, 0), (1, 1), False, 2)
+    g = torch.ones_like(out)
+    with pytest.raises(RuntimeError, match="no second derivatives"):
+        torch.autograd.grad(out, x, g, create_graph=True)
+    out = memory._LeanMaxPool2d.apply(x, (2, 2), (2, 2), (0, 0), (1, 1), False, 2)
+    out.backward(g)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        out.backward(g)
+    # offsets that point outside the input (a 2x2 window's offset 3 at a 5x5 input's last row
+    # and column, with 3x3 outputs) are caught, never written
+    packed = torch.full((5,), 0xFF, dtype=torch.uint8)
+    with pytest.raises(RuntimeError, match="outside its window or the input"):
+        torch.ops.ftprop_cuda._pool_offsets_backward(torch.ones(1, 2, 3, 3), packed,
+                                                     [1, 2, 5, 5], 5, [2, 2], [2, 2], [0, 0],
+                                                     [1, 1], 2)
+    with pytest.raises(RuntimeError, match="in_w \\(5\\) must be the input's width"):
+        torch.ops.ftprop_cuda._pool_offsets_backward(g, packed, [1, 2, 6, 6], 5, *args[1:])
+    with pytest.raises(RuntimeError, match="packed has 3 bytes, expected 5"):
+        torch.ops.ftprop_cuda._pool_offsets_backward(g, torch.zeros(3, dtype=torch.uint8),
+                                                     [1, 2, 6, 6], *args)
+
+
+@needs_kernel
+def test_channels_last_pool_keeps_the_indices_path():
+    """A channels-last input takes the offset codec with ATen's backward (unpacked indices):
+    still bitwise the standard path."""
+    torch.manual_seed(3)
+    standard = nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2), ftprop_cuda.Step(),
+                             nn.Flatten(), nn.Linear(4 * 3 * 3, 5))
+    standard = standard.to(memory_format=torch.channels_last)
+    lean = ftprop_cuda.lean(copy.deepcopy(standard))
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    _assert_same_step(standard, lean, x, torch.tensor([1, 3]))
+    report = ftprop_cuda.lean_report(lean)
+    assert "max-pool indices kept as 2-bit window offsets" in report
 
 
 @needs_kernel

@@ -5,10 +5,12 @@
 // plain loop the compiler vectorises (2x2 and 3x3 windows get their own instances, with the
 // window's rows and columns as constants). Offsets are staged one byte each, then packed
 // `8 / bits` to a byte, the layout the CUDA kernels and pool_offsets.h use.
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 
 #include "../pool_offsets_args.h"
 #include "loops.h"  // best_isa(), FTPROP_BODY and the target attributes
@@ -218,11 +220,83 @@ at::Tensor pool_offsets_unpack_cpu(const at::Tensor& packed, at::IntArrayRef siz
   return out;
 }
 
+// A max-pool's input gradient straight from the packed offsets, for a contiguous input: per
+// plane, output by output in ascending order, grad_input[window origin + offset] += grad, in
+// scalar_t arithmetic. That is ATen's CPU max-pool backward (contiguous kernel) with the int64
+// index replaced by its offset, so the result is bitwise ATen's, overlapping windows included,
+// without rebuilding the int64 indices first (tests/test_lean_memory.py checks it).
+at::Tensor pool_offsets_backward_cpu(const at::Tensor& grad, const at::Tensor& packed,
+                                     at::IntArrayRef input_size, int64_t in_w,
+                                     at::IntArrayRef kernel, at::IntArrayRef stride,
+                                     at::IntArrayRef padding, at::IntArrayRef dilation,
+                                     int64_t bits) {
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous(),
+              "ftprop_cuda pool offsets: packed must be a contiguous uint8 tensor");
+  TORCH_CHECK((grad.dim() == 3 || grad.dim() == 4) &&
+                  grad.dim() == static_cast<int64_t>(input_size.size()),
+              "ftprop_cuda pool offsets: grad and the input must both be 3-D or 4-D");
+  TORCH_CHECK(input_size.back() == in_w, "ftprop_cuda pool offsets: in_w (", in_w,
+              ") must be the input's width (", input_size.back(), ")");
+  for (int64_t d = 0; d + 2 < grad.dim(); ++d) {
+    TORCH_CHECK(grad.size(d) == input_size[d],
+                "ftprop_cuda pool offsets: grad and the input differ in dimension ", d);
+  }
+  const PoolGeometry geometry =
+      pool_geometry(grad.sizes(), in_w, kernel, stride, padding, dilation, bits);
+  const int64_t n = grad.numel();
+  TORCH_CHECK(packed.numel() == packed_pool_bytes(n, bits), "ftprop_cuda pool offsets: packed has ",
+              packed.numel(), " bytes, expected ", packed_pool_bytes(n, bits));
+  at::Tensor grad_input = at::zeros(input_size, grad.options());
+  if (n == 0) return grad_input;
+  const at::Tensor g = grad.contiguous();
+  const int64_t in_plane = input_size[input_size.size() - 2] * in_w;
+  const int64_t out_plane = geometry.out_h * geometry.out_w;
+  const int64_t planes = n / out_plane;
+  const int64_t window = geometry.kh * geometry.kw;
+  int64_t delta[256] = {};  // an offset's flat distance from its window's origin
+  for (int64_t o = 0; o < window; ++o) delta[o] = delta_of_offset(static_cast<uint8_t>(o), geometry);
+  const uint8_t* src = packed.const_data_ptr<uint8_t>();
+  std::atomic<bool> damaged{false};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "pool_offsets_backward", [&] {
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    scalar_t* ip = grad_input.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, planes, 0, [&](int64_t begin, int64_t end) {
+      const PoolGeometry geo = geometry;
+      const int shift = geo.bits == 1 ? 3 : geo.bits == 2 ? 2 : geo.bits == 4 ? 1 : 0;
+      const int64_t per_mask = (int64_t{1} << shift) - 1;
+      const uint32_t mask = (1u << geo.bits) - 1u;
+      bool bad = false;
+      for (int64_t p = begin; p < end; ++p) {
+        scalar_t* gi = ip + p * in_plane;
+        const scalar_t* go = gp + p * out_plane;
+        int64_t e = p * out_plane;
+        for (int64_t oh = 0; oh < geo.out_h; ++oh) {
+          const int64_t row_origin = (oh * geo.sh - geo.ph) * geo.in_w - geo.pw;
+          for (int64_t ow = 0; ow < geo.out_w; ++ow, ++e) {
+            const uint32_t off = (uint32_t{src[e >> shift]} >> ((e & per_mask) * geo.bits)) & mask;
+            const int64_t index = row_origin + ow * geo.sw + delta[off];
+            if (off >= window || index < 0 || index >= in_plane) {  // only damaged offsets
+              bad = true;
+              continue;
+            }
+            gi[index] += go[e - p * out_plane];
+          }
+        }
+      }
+      if (bad) damaged = true;
+    });
+  });
+  TORCH_CHECK(!damaged.load(), "ftprop_cuda pool offsets: a stored offset lies outside its "
+              "window or the input (damaged or foreign offsets)");
+  return grad_input;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ftprop_cuda, CPU, m) {
   m.impl("_pool_offsets_pack", &pool_offsets_pack_cpu);
   m.impl("_pool_offsets_unpack", &pool_offsets_unpack_cpu);
+  m.impl("_pool_offsets_backward", &pool_offsets_backward_cpu);
 }
 
 }  // namespace cpu
