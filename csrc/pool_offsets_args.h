@@ -45,4 +45,13 @@ inline int64_t packed_pool_bytes(int64_t n, int64_t bits) {
   return (n + per - 1) / per;
 }
 
+// The packed offsets of n elements at `bits` bits each (bits already checked by pool_geometry).
+inline void check_packed_offsets(const at::Tensor& packed, int64_t n, int64_t bits) {
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous(),
+              "ftprop_cuda pool offsets: packed must be a contiguous uint8 tensor");
+  TORCH_CHECK(packed.numel() == packed_pool_bytes(n, bits),
+              "ftprop_cuda pool offsets: packed has ", packed.numel(), " bytes, expected ",
+              packed_pool_bytes(n, bits));
+}
+
 }  // namespace ftprop

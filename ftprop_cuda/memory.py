@@ -23,6 +23,7 @@ Second derivatives (create_graph=True) through a rebuilt tensor raise: the rebui
 history to differentiate.
 """
 import contextlib
+import functools
 import math
 import threading
 import weakref
@@ -223,22 +224,31 @@ def _offset_bits(kernel):
     return next((b for b in (1, 2, 4, 8) if window <= 1 << b), None)
 
 
+def _pool_offset_bits(kernel, dilation, in_w):
+    """Bits per stored offset of a max-pool's window, or None where the indices stay int64
+    (windows over 256 positions, or whose rows overlap in the flat index)."""
+    bits = _offset_bits(kernel)
+    rows_apart = (kernel[1] - 1) * dilation[1] < dilation[0] * in_w
+    return bits if rows_apart else None
+
+
 def _codec_available(device):
     from . import _ops
     return _ops.LOADED and device.type in _ops.KERNEL_DEVICES
 
 
-_POOL_BACKWARD = []
+@functools.lru_cache(maxsize=None)
+def _has_cpu_kernel(*ops):
+    """Whether every op named (ftprop_cuda::...) has a compiled CPU kernel (checked once)."""
+    from . import _ops
+    return all(_ops._has_kernel(f"ftprop_cuda::{op}", "CPU") for op in ops)
 
 
 def _pool_backward_available(x):
     """Whether _LeanMaxPool2d serves this input: a contiguous floating-point CPU tensor, with the
     compiled backward from offsets loaded."""
-    if not _POOL_BACKWARD:
-        from . import _ops
-        _POOL_BACKWARD.append(_ops._has_kernel("ftprop_cuda::_pool_offsets_backward", "CPU"))
-    return _POOL_BACKWARD[0] and x.device.type == "cpu" and x.is_floating_point() \
-        and x.is_contiguous()
+    return x.device.type == "cpu" and x.is_floating_point() and x.is_contiguous() \
+        and _has_cpu_kernel("_pool_offsets_pack", "_pool_offsets_backward")
 
 
 class _LeanMaxPool2d(torch.autograd.Function):
@@ -312,7 +322,7 @@ class _Context(TorchFunctionMode):
     def __init__(self, report=None):
         super().__init__()
         self.entries = {}
-        self.pool = None  # (input, params) while a max-pool runs
+        self.pool = None  # (input, params, offset bits) while a max-pool runs
         self.report = report  # dict name -> list of notes, or None
         self.module = None
 
@@ -395,13 +405,12 @@ class _Context(TorchFunctionMode):
         x, kernel, stride, padding, dilation, ceil_mode = _pool_params(args, kwargs)
         if x.dim() not in (3, 4) or not x.requires_grad:
             return func(*args, **kwargs)
-        bits = _offset_bits(kernel)
-        if bits is not None and (kernel[1] - 1) * dilation[1] < dilation[0] * x.shape[-1] \
-                and _pool_backward_available(x):
+        bits = _pool_offset_bits(kernel, dilation, x.shape[-1])
+        if bits is not None and _pool_backward_available(x):
             self.note(f"max-pool keeps {bits}-bit window offsets, read by its backward "
                       "(no input, no indices)")
             return _LeanMaxPool2d.apply(x, kernel, stride, padding, dilation, ceil_mode, bits)
-        self.pool = (x, (kernel, stride, padding, dilation))
+        self.pool = (x, (kernel, stride, padding, dilation), bits)
         try:
             return func(*args, **kwargs)
         finally:
@@ -433,11 +442,9 @@ class _Context(TorchFunctionMode):
     # saved-tensor hooks -------------------------------------------------------------------
     def pack(self, t):
         if self.pool is not None:
-            x, params = self.pool
-            bits = _offset_bits(params[0])
-            rows_apart = (params[0][1] - 1) * params[3][1] < params[3][0] * x.shape[-1]
+            x, params, bits = self.pool
             if t.dtype == torch.int64 and t.dim() == x.dim() and bits is not None \
-                    and rows_apart and _codec_available(t.device):
+                    and _codec_available(t.device):
                 self.note(f"max-pool indices kept as {bits}-bit window offsets")
                 return _PoolIndices(t, x.shape[-1], params, bits)
             if t.shape == x.shape and t.untyped_storage().data_ptr() == \
@@ -491,16 +498,9 @@ def lean_memory(report=None):
 # ---------------------------------------------------------------------------------------------
 # Unit outputs: the rebuild from z, and the output codes
 # ---------------------------------------------------------------------------------------------
-_LEVEL_CODEC = []
-
-
 def _level_codec(device):
     """Whether the compiled level-code loops serve this device (CPU; elsewhere torch ops)."""
-    if not _LEVEL_CODEC:
-        from . import _ops
-        _LEVEL_CODEC.append(_ops._has_kernel("ftprop_cuda::_level_code_pack", "CPU")
-                            and _ops._has_kernel("ftprop_cuda::_level_code_unpack", "CPU"))
-    return device.type == "cpu" and _LEVEL_CODEC[0]
+    return device.type == "cpu" and _has_cpu_kernel("_level_code_pack", "_level_code_unpack")
 
 
 def _row_major(shape, stride):

@@ -39,6 +39,14 @@ struct RowCursor {
   }
 };
 
+// delta[o]: offset o's flat distance from its window's origin, for every value a stored offset
+// can take (0 past the window: damaged offsets read no memory past the table).
+void delta_table(const PoolGeometry& g, int64_t (&delta)[256]) {
+  for (int64_t o = 0; o < 256; ++o) {
+    delta[o] = o < g.kh * g.kw ? delta_of_offset(static_cast<uint8_t>(o), g) : 0;
+  }
+}
+
 struct PoolBody {
   // Offsets of elements [e0, e0 + len) packed into dst. kKH, kKW: the window, 0 = read from g.
   template <int kKH, int kKW>
@@ -188,20 +196,13 @@ at::Tensor pool_offsets_pack_cpu(const at::Tensor& indices, int64_t in_w, at::In
 at::Tensor pool_offsets_unpack_cpu(const at::Tensor& packed, at::IntArrayRef size, int64_t in_w,
                                    at::IntArrayRef kernel, at::IntArrayRef stride,
                                    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t bits) {
-  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous(),
-              "ftprop_cuda pool offsets: packed must be a contiguous uint8 tensor");
   const PoolGeometry geometry = pool_geometry(size, in_w, kernel, stride, padding, dilation, bits);
   at::Tensor out = at::empty(size, packed.options().dtype(at::kLong));
   const int64_t n = out.numel();
-  TORCH_CHECK(packed.numel() == packed_pool_bytes(n, bits),
-              "ftprop_cuda pool offsets: packed has ", packed.numel(), " bytes, expected ",
-              packed_pool_bytes(n, bits));
+  check_packed_offsets(packed, n, bits);
   if (n == 0) return out;
-  // every value a stored offset can take, valid or not, has an entry (no read past the table)
-  int64_t delta[256] = {};
-  for (int64_t o = 0; o < geometry.kh * geometry.kw; ++o) {
-    delta[o] = delta_of_offset(static_cast<uint8_t>(o), geometry);
-  }
+  int64_t delta[256];
+  delta_table(geometry, delta);
   const uint8_t* src = packed.const_data_ptr<uint8_t>();
   int64_t* dst = out.mutable_data_ptr<int64_t>();
   const int per = 8 / geometry.bits;
@@ -230,8 +231,6 @@ at::Tensor pool_offsets_backward_cpu(const at::Tensor& grad, const at::Tensor& p
                                      at::IntArrayRef kernel, at::IntArrayRef stride,
                                      at::IntArrayRef padding, at::IntArrayRef dilation,
                                      int64_t bits) {
-  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous(),
-              "ftprop_cuda pool offsets: packed must be a contiguous uint8 tensor");
   TORCH_CHECK((grad.dim() == 3 || grad.dim() == 4) &&
                   grad.dim() == static_cast<int64_t>(input_size.size()),
               "ftprop_cuda pool offsets: grad and the input must both be 3-D or 4-D");
@@ -244,8 +243,7 @@ at::Tensor pool_offsets_backward_cpu(const at::Tensor& grad, const at::Tensor& p
   const PoolGeometry geometry =
       pool_geometry(grad.sizes(), in_w, kernel, stride, padding, dilation, bits);
   const int64_t n = grad.numel();
-  TORCH_CHECK(packed.numel() == packed_pool_bytes(n, bits), "ftprop_cuda pool offsets: packed has ",
-              packed.numel(), " bytes, expected ", packed_pool_bytes(n, bits));
+  check_packed_offsets(packed, n, bits);
   at::Tensor grad_input = at::zeros(input_size, grad.options());
   if (n == 0) return grad_input;
   const at::Tensor g = grad.contiguous();
@@ -253,8 +251,8 @@ at::Tensor pool_offsets_backward_cpu(const at::Tensor& grad, const at::Tensor& p
   const int64_t out_plane = geometry.out_h * geometry.out_w;
   const int64_t planes = n / out_plane;
   const int64_t window = geometry.kh * geometry.kw;
-  int64_t delta[256] = {};  // an offset's flat distance from its window's origin
-  for (int64_t o = 0; o < window; ++o) delta[o] = delta_of_offset(static_cast<uint8_t>(o), geometry);
+  int64_t delta[256];
+  delta_table(geometry, delta);
   const uint8_t* src = packed.const_data_ptr<uint8_t>();
   std::atomic<bool> damaged{false};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "pool_offsets_backward", [&] {

@@ -52,15 +52,11 @@ at::Tensor pool_offsets_unpack_cuda(const at::Tensor& packed, at::IntArrayRef si
                                     at::IntArrayRef kernel, at::IntArrayRef stride,
                                     at::IntArrayRef padding, at::IntArrayRef dilation,
                                     int64_t bits) {
-  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous(),
-              "ftprop_cuda pool offsets: packed must be a contiguous uint8 tensor");
   const PoolGeometry g = pool_geometry(size, in_w, kernel, stride, padding, dilation, bits);
   const c10::cuda::CUDAGuard guard(packed.device());
   at::Tensor out = at::empty(size, packed.options().dtype(at::kLong));
   const int64_t n = out.numel();
-  TORCH_CHECK(packed.numel() == packed_pool_bytes(n, bits),
-              "ftprop_cuda pool offsets: packed has ", packed.numel(), " bytes, expected ",
-              packed_pool_bytes(n, bits));
+  check_packed_offsets(packed, n, bits);
   if (n > 0) {
     unpack_kernel<<<grid_for(n), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
         packed.const_data_ptr<uint8_t>(), out.mutable_data_ptr<int64_t>(), n, g);
