@@ -20,13 +20,13 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import bench_train  # noqa: E402
 import common  # noqa: E402
+import train_models  # noqa: E402
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", default="convnet4", choices=tuple(bench_train.SHAPES))
+    p.add_argument("--arch", default="convnet4", choices=tuple(train_models.SHAPES))
     p.add_argument("--variants", default="ref_compiled,kernel_compiled")
     p.add_argument("--copies", type=int, default=2)
     p.add_argument("--batch", type=int, default=None)
@@ -36,9 +36,9 @@ def main(argv=None):
                    help="seconds of timed steps per copy (default 8)")
     args = p.parse_args(argv)
     variants = common.parse_list(args.variants)
-    bad = [v for v in variants if v not in bench_train.VARIANTS]
+    bad = [v for v in variants if v not in common.VARIANTS]
     if bad:
-        p.error(f"--variants: unknown {bad}; accepted: {', '.join(bench_train.VARIANTS)}")
+        p.error(f"--variants: unknown {bad}; accepted: {', '.join(common.VARIANTS)}")
     if args.copies < 1:
         p.error(f"--copies expects a positive integer, got {args.copies}")
     if args.min_time <= 0:
@@ -47,17 +47,18 @@ def main(argv=None):
     device = torch.device("cpu")
     cfg = argparse.Namespace(nonlin=args.nonlin, rule=args.rule, bn=None, device=device,
                              optimizer="adam")
-    batch = args.batch or bench_train.CPU_BATCH.get(args.arch, bench_train.SHAPES[args.arch][3])
-    state = bench_train.initial_state(args.arch, cfg)
-    x, y = bench_train.make_batch(args.arch, batch, device)
+    batch = args.batch or train_models.CPU_BATCH.get(args.arch,
+                                                     train_models.SHAPES[args.arch][3])
+    state = train_models.initial_state(args.arch, cfg)
+    x, y = train_models.make_batch(args.arch, batch, device)
     print(common.env_markdown(common.environment(device)), flush=True)
     print(f"{args.arch} batch {batch}, {args.nonlin}/{args.rule}: {args.copies} copies of "
           f"{', '.join(variants)}", flush=True)
     steps = {}
     for variant in variants:
         for c in range(1, args.copies + 1):
-            _, fwd, opt = bench_train.build(args.arch, variant, cfg, state)
-            step = bench_train.make_train_step(fwd, opt, x, y)
+            _, fwd, opt = train_models.build(args.arch, variant, cfg, state)
+            step = train_models.make_train_step(fwd, opt, x, y)
             step()  # compile (compiled variants) and allocate before timing
             steps[f"{variant} #{c}"] = step
     times = common.time_interleaved(steps, device, min_run_time=args.min_time)

@@ -38,7 +38,7 @@ import common  # noqa: E402
 import torch  # noqa: E402
 
 import ftprop_cuda  # noqa: E402
-from ftprop_cuda import _ops  # noqa: E402
+from ftprop_cuda.ops import extension  # noqa: E402
 
 # the op variants (lean memory is a model-level mode: bench_train's)
 VARIANTS = tuple(v for v in common.VARIANTS if "lean" not in v)
@@ -127,12 +127,12 @@ class Variants:
     def __init__(self, device, steps, dynamic):
         self.device, self.steps, self.dynamic = device, steps, dynamic
         self.cache = {}
-        self.kernel_available = device.type in _ops.KERNEL_DEVICES
+        self.kernel_available = device.type in extension.KERNEL_DEVICES
 
     def unavailable(self, variant):
         if variant.startswith("kernel") and not self.kernel_available:
             return (f"no ftprop_cuda kernel for device {self.device.type!r} "
-                    f"(extension loaded: {_ops.LOADED}, error: {_ops.EXT_ERROR})")
+                    f"(extension loaded: {extension.LOADED}, error: {extension.EXT_ERROR})")
         return None
 
     def _eager(self, op, rule, backend):

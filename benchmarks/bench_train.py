@@ -30,7 +30,6 @@ rise of the process's peak resident set (VmHWM, reset through /proc/self/clear_r
 resident set at the step's start -- a lower bound, since the allocator reuses memory it kept.
 """
 import argparse
-import copy
 import os
 import sys
 import time
@@ -39,22 +38,16 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import held_memory  # noqa: E402
+from train_models import (CPU_BATCH, SHAPES, arch_bn, build, initial_state,  # noqa: E402
+                          make_batch, make_train_step)
+from train_report import markdown, mib, plot  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from ftprop_cuda import _ops  # noqa: E402
+from ftprop_cuda.ops import extension  # noqa: E402
 
 VARIANTS, VARIANT_LABEL = common.VARIANTS, common.VARIANT_LABEL
-# arch -> (in_channels, image_size, num_classes, paper batch size, dataset)
-SHAPES = {
-    "convnet4": (3, 32, 10, 64, "CIFAR-10"),
-    "convnet8": (3, 32, 10, 128, "CIFAR-10"),
-    "resnet18": (3, 224, 1000, 256, "ImageNet"),
-    "resnet18_cifar": (3, 32, 10, 128, "CIFAR-10"),
-    "alexnet": (3, 224, 1000, 256, "ImageNet"),
-}
-CPU_BATCH = {"resnet18": 8, "alexnet": 32}  # 2 slow cores: smaller ImageNet batches by default
 # Checks against the eager reference model. Eager variants run the same conv/BN arithmetic and
 # a bit-exact unit forward, so the loss must agree to rounding and the gradients to the units'
 # backward tolerance. A compiled graph reorders conv/BN arithmetic: that flips a few near-zero
@@ -115,6 +108,17 @@ def parse_args(argv=None):
         bad = [v for v in values if v not in accepted]
         if bad:
             raise SystemExit(f"--{name}: unknown {bad}; accepted: {', '.join(accepted)}")
+    args.batch_sizes = _batch_sizes(args)
+    if args.min_time is None:
+        args.min_time = 0.05 if args.smoke else 2.0
+    if args.tag is None:
+        thp = os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"
+        args.tag = args.device.type + ("_thp" if thp else "") + ("_smoke" if args.smoke else "")
+    return args
+
+
+def _batch_sizes(args):
+    """arch -> batch: the paper's (smaller ImageNet batches on CPU), unless --batch says."""
     batch = {a: SHAPES[a][3] for a in args.archs}
     if args.device.type == "cpu":
         batch.update({a: b for a, b in CPU_BATCH.items() if a in batch})
@@ -125,13 +129,7 @@ def parse_args(argv=None):
                 batch[a.strip()] = int(b)
         else:
             batch = {a: int(args.batch) for a in args.archs}
-    args.batch_sizes = batch
-    if args.min_time is None:
-        args.min_time = 0.05 if args.smoke else 2.0
-    if args.tag is None:
-        thp = os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"
-        args.tag = args.device.type + ("_thp" if thp else "") + ("_smoke" if args.smoke else "")
-    return args
+    return batch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,70 +178,8 @@ def peak_memory(step, device):
 
 
 # ---------------------------------------------------------------------------------------------
-# Models and steps
+# Checks against the reference, and the benchmark of one architecture
 # ---------------------------------------------------------------------------------------------
-def arch_bn(arch, args):
-    """Batch norm as the paper trains the network (convnet4 without), unless --bn/--no-bn."""
-    from ftprop_cuda.models import architecture
-
-    bn = getattr(args, "bn", None)
-    return architecture(arch).default_bn if bn is None else bn
-
-
-def initial_state(arch, args):
-    """The weights every variant of arch starts from (seed 0)."""
-    from ftprop_cuda.models import build_model
-
-    in_ch, size, classes, _, _ = SHAPES[arch]
-    torch.manual_seed(0)
-    return copy.deepcopy(build_model(arch, nonlin=args.nonlin, rule=args.rule,
-                                     num_classes=classes, in_channels=in_ch, image_size=size,
-                                     bn=arch_bn(arch, args), backend="reference",
-                                     memory="standard").state_dict())
-
-
-def build(arch, variant, args, state):
-    from ftprop_cuda.models import build_model
-
-    in_ch, size, classes, _, _ = SHAPES[arch]
-    backend = "reference" if variant.startswith("ref") else "kernel"
-    memory = "lean" if "lean" in variant else "standard"
-    model = build_model(arch, nonlin=args.nonlin, rule=args.rule, num_classes=classes,
-                        in_channels=in_ch, image_size=size, bn=arch_bn(arch, args),
-                        backend=backend, memory=memory)
-    model.load_state_dict(state)
-    model.to(args.device).train()
-    fwd = model
-    if variant.endswith("compiled"):
-        from ftprop_cuda.memory import compile_lean
-        fwd = compile_lean(model) if memory == "lean" else torch.compile(model)
-    if args.optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
-    return model, fwd, opt
-
-
-def make_batch(arch, batch, device, seed=0):
-    in_ch, size, classes, paper_batch, _ = SHAPES[arch]
-    if batch is None:
-        batch = CPU_BATCH.get(arch, paper_batch) if torch.device(device).type == "cpu" \
-            else paper_batch
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, in_ch, size, size, generator=gen)
-    y = torch.randint(0, classes, (batch,), generator=gen)
-    return x.to(device), y.to(device)
-
-
-def make_train_step(fwd, opt, x, y):
-    """One timed training step: zero_grad, forward, cross-entropy, backward, optimizer step."""
-    def train_step():
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(fwd(x), y).backward()
-        opt.step()
-    return train_step
-
-
 def grads_of(model):
     return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
             for p in model.parameters()]
@@ -291,8 +227,8 @@ def bench_arch(args, arch, failures, log):
                 "batch": batch, "paper_batch": paper_batch, "variant": variant,
                 "nonlin": args.nonlin, "rule": args.rule, "optimizer": args.optimizer,
                 "bn": arch_bn(arch, args)}
-        if variant.startswith("kernel") and args.device.type not in _ops.KERNEL_DEVICES:
-            why = f"no ftprop_cuda kernel for {args.device.type} ({_ops.EXT_ERROR})"
+        if variant.startswith("kernel") and args.device.type not in extension.KERNEL_DEVICES:
+            why = f"no ftprop_cuda kernel for {args.device.type} ({extension.EXT_ERROR})"
             failures.append(f"{arch}/{variant}: unavailable: {why}")
             rows.append(dict(base, status="unavailable: " + why))
             continue
@@ -328,6 +264,12 @@ def bench_arch(args, arch, failures, log):
 
         ready[variant] = (model, make_train_step(fwd, opt, x, y))
         rows.append(dict(base, status="ok", first_call_s=first_call_s, **figs))
+    _time_ready(args, arch, batch, rows, ready, log)
+    return rows
+
+
+def _time_ready(args, arch, batch, rows, ready, log):
+    """Times the variants that passed their check, round by round, and adds their memory."""
     log(f"{arch}: timing {', '.join(ready)} round by round")
     times = common.time_interleaved({v: step for v, (_, step) in ready.items()}, args.device,
                                     args.min_time) if ready else {}
@@ -347,140 +289,8 @@ def bench_arch(args, arch, failures, log):
         row.update(median_s=t["median_s"], iqr_s=t["iqr_s"], timer=t.get("timer"),
                    blocks=t["blocks"], images_per_s=batch / t["median_s"],
                    held_bytes=held, **mem)
-        log(f"  {v}: {t['median_s'] * 1e3:9.1f} ms/step  held {_mib(held)} MiB  {mem}")
+        log(f"  {v}: {t['median_s'] * 1e3:9.1f} ms/step  held {mib(held)} MiB  {mem}")
     ready.clear()
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# Reports
-# ---------------------------------------------------------------------------------------------
-def _mib(b):
-    return "–" if b is None else f"{b / 2**20:.0f}" if b >= 2**24 else f"{b / 2**20:.1f}"
-
-
-def markdown(result, plot_rel=None):
-    env, cfg, rows = result["environment"], result["config"], result["rows"]
-    cuda = env["device"].startswith("cuda")
-    thp = env["THP_MEM_ALLOC_ENABLE"]
-    out = [f"### bench_train: {env['device_name']} ({env['device']}), "
-           f"THP_MEM_ALLOC_ENABLE={thp if thp is not None else 'unset'}", "",
-           common.env_markdown(env)]
-    warning = common.load_warning(env)
-    if warning:
-        out += ["", warning]
-    if common.partial_note(result):
-        out += ["", common.partial_note(result)]
-    small = [f"{r['arch']} batch {r['batch']} (paper: {r['paper_batch']})" for r in rows
-             if r["batch"] != r["paper_batch"] and r["variant"] == cfg["variants"][0]]
-    out += ["", f"Command: `{result['command']}` ({result['elapsed_s']:.0f} s). One training "
-            f"step = zero_grad, forward, cross-entropy, backward, {cfg['optimizer']} step, on a "
-            f"synthetic batch; hidden units nonlin='{cfg['nonlin']}', rule='{cfg['rule']}'. "
-            "Median step time. The check columns compare one forward+backward with the eager "
-            "reference model from the same weights and dropout seed: eager variants must match "
-            "(loss to 1e-5, gradients to 1e-3 relative L2); compiled variants only get a sanity "
-            "check (loss within 10%, gradient norm within 2x) because reordered conv/BN "
-            "arithmetic flips near-zero hard-threshold units and a deep net's gradients then "
-            "decorrelate (bench_ops checks the ops themselves under torch.compile)."]
-    if small:
-        out += ["", "**Batch sizes below the paper's on this device:** " + "; ".join(small) + "."]
-    if result["failures"]:
-        out += ["", "**FAILURES (not timed):**", ""] + [f"- {f}" for f in result["failures"]]
-    if cuda:
-        mem_head = ["peak allocated MiB", "rise in step MiB"]
-    else:
-        mem_head = ["process peak RSS in step MiB", "RSS rise in step MiB"]
-    headers = (["arch", "input", "variant", "ms/step", "vs kernel", "images/s", "first call s",
-                "held for backward MiB", "vs kernel"] + mem_head
-               + ["check", "loss rel diff", "grad rel err"])
-    kernel_rows = {r["arch"]: r for r in rows if r["variant"] == "kernel" and r["status"] == "ok"}
-
-    def ratio(r, key):
-        k = kernel_rows.get(r["arch"])
-        if k is None or r.get(key) is None or not k.get(key):
-            return "–"
-        return f"{r[key] / k[key]:.2f}"
-
-    table = []
-    for r in rows:
-        if r["status"] != "ok":
-            table.append([r["arch"], "x".join(map(str, r["shape"])), VARIANT_LABEL[r["variant"]],
-                          "**" + r["status"][:90] + "**"] + [""] * (len(headers) - 4))
-            continue
-        mem = ([_mib(r["peak_allocated_bytes"]), _mib(r["peak_rise_bytes"])] if cuda
-               else [_mib(r.get("peak_rss_bytes")),
-                     _mib(r.get("peak_rss_rise_bytes"))])
-        check = r.get("check", "–")
-        if r.get("bitwise_vs_kernel"):
-            check += ", bitwise = kernel"
-        table.append([r["arch"], "x".join(map(str, r["shape"])), VARIANT_LABEL[r["variant"]],
-                      common.fmt_ms(r["median_s"]), ratio(r, "median_s"),
-                      f"{r['images_per_s']:.1f}", f"{r['first_call_s']:.1f}",
-                      _mib(r.get("held_bytes")), ratio(r, "held_bytes")] + mem
-                     + [check, f"{r['loss_rel_diff']:.1e}", f"{r['grad_rel_l2_err']:.1e}"])
-    out += ["", common.md_table(headers, table)]
-    if not cuda:
-        out += ["", "CPU memory columns: *held for backward* is what one training forward "
-                "leaves alive for the backward, measured the same way for every variant by "
-                "benchmarks/held_memory.py in a fresh process: the rise of the resident set over "
-                "the forward, with glibc returning freed memory at once "
-                "(MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=0; parameters and the "
-                "input batch excluded; median of three). *Process peak RSS* is the whole "
-                "process's resident-set high-water mark during one step (VmHWM, reset through "
-                "/proc/self/clear_refs just before it: torch's own ~0.5-1 GB, compiled code and "
-                "memory the allocator kept from earlier steps included); *RSS rise* is that peak "
-                "minus the RSS at the step's start, a lower bound of the step's footprint, often "
-                "0 because glibc reuses memory kept from earlier steps."]
-    if plot_rel:
-        out += ["", f"![bench_train plot]({plot_rel})"]
-    return "\n".join(out) + "\n"
-
-
-def plot(result, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    env, cfg, rows = result["environment"], result["config"], result["rows"]
-    cuda = env["device"].startswith("cuda")
-    archs = cfg["archs"]
-    mem_key = "held_bytes"
-    mem_label = "held for backward MiB"
-    fig, axes = plt.subplots(2, len(archs), squeeze=False,
-                             figsize=(max(8.0, 3.6 * len(archs)), 6.6))
-    colors = {"ref": "tab:gray", "ref_compiled": "tab:blue", "kernel": "tab:red",
-              "kernel_lean": "tab:green", "kernel_compiled": "tab:orange",
-              "kernel_lean_compiled": "tab:olive"}
-    for j, arch in enumerate(archs):
-        sel = {r["variant"]: r for r in rows if r["arch"] == arch}
-        names = [v for v in VARIANTS if v in sel]
-        for i, (key, scale, label) in enumerate((("median_s", 1e3, "ms / training step"),
-                                                 (mem_key, 1 / 2**20, mem_label))):
-            ax = axes[i][j]
-            vals = [sel[v].get(key) if sel[v]["status"] == "ok" else None for v in names]
-            heights = [0 if v is None else v * scale for v in vals]
-            bars = ax.bar(range(len(names)), heights, color=[colors[v] for v in names])
-            for b, v in zip(bars, vals):
-                ax.annotate("FAILED" if v is None else f"{v * scale:.3g}" if v * scale < 1000
-                            else f"{v * scale:.0f}",
-                            (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
-                            va="bottom", fontsize=8, color="red" if v is None else "black")
-            ax.set_xticks(range(len(names)))
-            ax.set_xticklabels([VARIANT_LABEL[v].replace(" ", "\n", 1) for v in names],
-                               fontsize=8)
-            ax.set_ylabel(label)
-            ax.margins(y=0.15)
-            if i == 0:
-                r0 = next(iter(sel.values()))
-                ax.set_title(f"{arch}, batch {r0['batch']} x {r0['shape'][2]}px", fontsize=10)
-    thp = env["THP_MEM_ALLOC_ENABLE"]
-    fig.suptitle(f"ftprop_cuda training step\n{env['device_name']} ({env['device']}), "
-                 f"torch {env['torch']}, THP_MEM_ALLOC_ENABLE="
-                 f"{thp if thp is not None else 'unset'}, {env['date_utc']}", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv=None):

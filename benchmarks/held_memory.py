@@ -38,15 +38,15 @@ def measure_child(spec):
     import torch.nn.functional as F
 
     sys.path.insert(0, HERE)
-    import bench_train  # the same models and batches as the training benchmark
+    import train_models  # the same models and batches as the training benchmark
 
     torch.manual_seed(0)
     device = torch.device(spec["device"])
     args = argparse.Namespace(nonlin=spec["nonlin"], rule=spec["rule"], device=device,
                               optimizer="sgd", bn=spec.get("bn"))
-    state = bench_train.initial_state(spec["arch"], args)
-    model, fwd, _ = bench_train.build(spec["arch"], spec["variant"], args, state)
-    x, y = bench_train.make_batch(spec["arch"], spec["batch"], device)
+    state = train_models.initial_state(spec["arch"], args)
+    model, fwd, _ = train_models.build(spec["arch"], spec["variant"], args, state)
+    x, y = train_models.make_batch(spec["arch"], spec["batch"], device)
 
     def forward():
         return F.cross_entropy(fwd(x), y)

@@ -10,48 +10,37 @@ other torch-free modules (presets, the registries) do not pay for importing torc
 """
 import importlib
 
-__version__ = "0.1.0"
+from .ops.version import __version__
 
 # public name -> the submodule that defines it
 _LAZY = {
-    "step": ".functional",
-    "staircase": ".functional",
-    "Step": ".nn",
-    "Staircase": ".nn",
-    "STEP_RULES": ".rules",
-    "STAIRCASE_RULES": ".rules",
-    "convert": ".conversion",
+    "step": ".ops.functional",
+    "staircase": ".ops.functional",
+    "Step": ".ops.nn",
+    "Staircase": ".ops.nn",
+    "STEP_RULES": ".ops.rules",
+    "STAIRCASE_RULES": ".ops.rules",
+    "build_info": ".ops.extension",
+    "convert": ".models.conversion",
     "lean": ".memory",
     "lean_memory": ".memory",
     "lean_report": ".memory",
     "is_lean": ".memory",
 }
-_SUBMODULES = ("reference", "functional", "nn", "_ops")
-
-
-def build_info() -> dict:
-    """What this install was built with: which kernels exist and against which torch/CUDA."""
-    import torch
-
-    from . import _ops
-
-    cuda = "cuda" in _ops.KERNEL_DEVICES
-    return {
-        "version": __version__,
-        "extension_loaded": _ops.LOADED,
-        "extension_error": _ops.EXT_ERROR,
-        "cpu_kernels": "cpu" in _ops.KERNEL_DEVICES,
-        "cuda_kernels": cuda,
-        "cuda_version": torch.version.cuda if cuda else None,
-        "torch": torch.__version__,
-    }
+# submodule attribute -> the module it names
+_SUBMODULES = {
+    "reference": ".ops.reference",
+    "rules": ".ops.rules",
+    "functional": ".ops.functional",
+    "nn": ".ops.nn",
+}
 
 
 def __getattr__(name):
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
     elif name in _SUBMODULES:
-        value = importlib.import_module("." + name, __name__)
+        value = importlib.import_module(_SUBMODULES[name], __name__)
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value

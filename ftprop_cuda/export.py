@@ -16,6 +16,8 @@ import os
 import sys
 import warnings
 
+from .runs.names import BEST_FILE, LAST_FILE
+
 PROG = "ftprop-export"
 FORMATS = ("onnx", "pt2")
 
@@ -84,7 +86,8 @@ def _check_onnx(model, example, out):
 def _parser():
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a checkpoint ftprop-train wrote (best.pt or last.pt)")
+    p.add_argument("checkpoint",
+                   help=f"a checkpoint ftprop-train wrote ({BEST_FILE} or {LAST_FILE})")
     p.add_argument("--format", required=True, choices=FORMATS,
                    help="onnx (runs in onnxruntime) or pt2 (torch.export.save)")
     p.add_argument("--out", help="the file to write (default: beside the checkpoint, "
@@ -103,11 +106,12 @@ def run(args) -> str:
 
     import torch
 
-    from . import runio, train
+    from .runs import RunIOError, load_checkpoint
+    from .train.config import CONFIG_TYPES
 
     try:
-        ckpt = runio.load_checkpoint(args.checkpoint, train.CONFIG_TYPES, need_optimizer=False)
-    except runio.RunIOError as exc:
+        ckpt = load_checkpoint(args.checkpoint, CONFIG_TYPES, need_optimizer=False)
+    except RunIOError as exc:
         raise UsageError(str(exc)) from None
     model, info = model_from_checkpoint(ckpt, args.checkpoint)
     generator = torch.Generator().manual_seed(0)

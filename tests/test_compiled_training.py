@@ -1,4 +1,4 @@
-"""Inside torch.compile the units run as aten ops (ftprop_cuda.functional._decompose_under_compile):
+"""Inside torch.compile the units run as aten ops (ftprop_cuda.ops.functional._decompose_under_compile):
 forward bits as the reference's, backward within tolerance, static and dynamic shapes, no opaque
 op left in the graph where the decomposition applies, and lean mode's bytes under compile."""
 import os
@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import ftprop_cuda
-from ftprop_cuda import _ops, reference as ref
-from ftprop_cuda.rules import STAIRCASE_RULES, STEP_RULES
+from ftprop_cuda.ops import extension, reference as ref
+from ftprop_cuda.ops.rules import STAIRCASE_RULES, STEP_RULES
 
 from helpers import (BACKWARD_TOL, DTYPES, G_BOUNDARY, Z_STEP, assert_same_bits, grid,
                      staircase_boundary)
-from ftprop_cuda.rules import get as rule_record
+from ftprop_cuda.ops.rules import get as rule_record
 
 # The compiler's tanh/exp may round differently from the reference's by an ulp; where a smooth
 # slope is at the limit of float32 (1 - tanh(z)^2 at |z| ~ 9) that is 0 against a tiny number,
@@ -24,7 +24,7 @@ G_FINITE = [g for g in G_BOUNDARY if abs(g) != float("inf")]
 def _gs(family, rule):
     return G_FINITE if rule_record(family, rule).smooth else G_BOUNDARY
 
-needs_kernel = pytest.mark.skipif("cpu" not in _ops.KERNEL_DEVICES, reason="no CPU kernel")
+needs_kernel = pytest.mark.skipif("cpu" not in extension.KERNEL_DEVICES, reason="no CPU kernel")
 
 
 def _graphs():

@@ -6,7 +6,7 @@ import torch
 
 import ftprop_cuda
 from ftprop_cuda import Staircase, Step
-from ftprop_cuda.conversion import DEFAULT_TYPES, convert
+from ftprop_cuda.models.conversion import DEFAULT_TYPES, convert
 
 torchvision = pytest.importorskip("torchvision")
 from ftprop_cuda.models.torchvision_models import build_torchvision  # noqa: E402

@@ -6,15 +6,15 @@ import math
 import pytest
 import torch
 
-from ftprop_cuda import _ops
-from ftprop_cuda import reference as ref
-from ftprop_cuda import rules
+from ftprop_cuda.ops import extension
+from ftprop_cuda.ops import reference as ref
+from ftprop_cuda.ops import rules
 
 from helpers import assert_backward_close, assert_same_bits
 
 ops = torch.ops.ftprop_cuda
 
-pytestmark = pytest.mark.skipif("cpu" not in _ops.KERNEL_DEVICES, reason="no CPU kernel built")
+pytestmark = pytest.mark.skipif("cpu" not in extension.KERNEL_DEVICES, reason="no CPU kernel built")
 
 
 # ---- Staircase scalars the arithmetic type cannot hold -------------------------------------------

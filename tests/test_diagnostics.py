@@ -8,7 +8,7 @@ import ftprop_cuda
 from ftprop_cuda import reference as R
 from ftprop_cuda import rules
 from ftprop_cuda.models import build_model
-from ftprop_cuda.diagnostics import Diagnostics, window_and_loss
+from ftprop_cuda.train.diagnostics import Diagnostics, window_and_loss
 
 
 def run_layer(unit, z, upstream):

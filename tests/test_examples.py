@@ -38,17 +38,17 @@ def test_fallback_advice_names_a_shadowing_source_folder(tmp_path):
     """A checkout without the compiled _C in front of a compiled install: the warning's advice
     says the source folder shadows the install (not a misleading 'reinstall')."""
     import ftprop_cuda
-    from ftprop_cuda._ops import _load_failure_advice
+    from ftprop_cuda.ops.extension import load_failure_advice
 
     installed = os.path.dirname(os.path.abspath(ftprop_cuda.__file__))
     if not any(name.startswith("_C") for name in os.listdir(installed)):
         pytest.skip("this ftprop_cuda has no compiled extension to be shadowed")
     source = tmp_path / "checkout" / "ftprop_cuda"
     source.mkdir(parents=True)
-    advice = _load_failure_advice(str(source), [str(source.parent), os.path.dirname(installed)])
+    advice = load_failure_advice(str(source), [str(source.parent), os.path.dirname(installed)])
     assert advice.startswith(f"the source folder {source} shadows the installed package "
                              f"{installed}")
     assert "`pip install --no-build-isolation -e .` or run from another folder" in advice
-    alone = _load_failure_advice(str(source), [str(source.parent)])
+    alone = load_failure_advice(str(source), [str(source.parent)])
     assert alone.startswith(f"{source} holds no compiled extension; build it with")
-    assert _load_failure_advice(installed, []).startswith("reinstall with")
+    assert load_failure_advice(installed, []).startswith("reinstall with")

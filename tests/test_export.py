@@ -11,6 +11,7 @@ import torch
 
 import ftprop_cuda
 from ftprop_cuda import Staircase, Step, export
+from ftprop_cuda.ops.extension import KERNEL_DEVICES
 
 onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")  # torch.onnx.export's exporter needs it
@@ -108,7 +109,7 @@ def test_jit_trace_eval_is_aten_only(tmp_path):
         assert torch.equal(loaded(x), model(x))
 
 
-@pytest.mark.skipif("cpu" not in ftprop_cuda._ops.KERNEL_DEVICES, reason="needs the CPU kernels")
+@pytest.mark.skipif("cpu" not in KERNEL_DEVICES, reason="needs the CPU kernels")
 def test_jit_trace_train_mode_keeps_the_ftprop_backward():
     """Units whose forward saves a code (saturated_hinge, sste) trace in train mode: the trace
     records the op that saves z, and its backward is the eager model's."""
@@ -134,7 +135,7 @@ def test_functional_ops_export_with_aten_under_onnx(tmp_path):
     assert same_bits(got.nan_to_num(7.0), want.nan_to_num(7.0))
 
 
-@pytest.mark.skipif("cpu" not in ftprop_cuda._ops.KERNEL_DEVICES, reason="needs the CPU kernels")
+@pytest.mark.skipif("cpu" not in KERNEL_DEVICES, reason="needs the CPU kernels")
 def test_eager_training_still_runs_the_kernel_with_a_saved_code():
     assert not ftprop_cuda.functional.exporting()
     z = torch.randn(8, requires_grad=True)

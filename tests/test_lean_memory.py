@@ -12,14 +12,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import ftprop_cuda
-from ftprop_cuda import _ops, memory
+from ftprop_cuda.memory import codes as lean_codes
+from ftprop_cuda.memory import pool as lean_pool
+from ftprop_cuda.ops import extension
 from ftprop_cuda.models import build_model
-from ftprop_cuda.models.nonlins import HARD_THRESHOLD
+from ftprop_cuda.models.units import HARD_THRESHOLD
 
 from conftest import cpu_and_cuda
 from helpers import DTYPES, assert_same_bits, staircase_boundary
 
-needs_kernel = pytest.mark.skipif("cpu" not in _ops.KERNEL_DEVICES, reason="no CPU kernel")
+needs_kernel = pytest.mark.skipif("cpu" not in extension.KERNEL_DEVICES, reason="no CPU kernel")
 
 # small inputs that keep every layer of each network (the architectures' smallest sizes)
 ARCH_INPUT = {"convnet4": 12, "convnet8": 20, "alexnet": 67, "resnet18": 32,
@@ -224,7 +226,7 @@ def test_step_output_code_round_trip(device, dtype, values):
     z = torch.tensor(_specials(dtype) + [2.0, -2.0, 1e-30], dtype=torch.float64)
     z = torch.cat([z, torch.randn(1000, dtype=torch.float64)]).to(dtype).to(device)
     y = ftprop_cuda.reference.step_forward(z, values)
-    planes, decode = memory.step_output_code(0.0 if values == "01" else -1.0)(y)
+    planes, decode = lean_codes.step_output_code(0.0 if values == "01" else -1.0)(y)
     assert planes.numel() == 2 * math.ceil(z.numel() / 8)  # 2 bits per element
     assert_same_bits(decode(planes), y)
 
@@ -240,36 +242,36 @@ def test_staircase_output_code_round_trip(device, dtype, steps, lo, hi):
     z = z.to(dtype).to(device)
     y = ftprop_cuda.reference.staircase_forward(z, steps, lo, hi)
     # the levels table is what the forward produces, value for value
-    levels = memory.staircase_levels(steps, lo, hi, dtype, device)
+    levels = lean_codes.staircase_levels(steps, lo, hi, dtype, device)
     assert set(y[~torch.isnan(y)].tolist()) <= set(levels.tolist())
-    planes, decode = memory.staircase_output_code(steps, lo, hi)(y)
-    assert planes.shape[0] == memory.code_bits(steps + 2)
+    planes, decode = lean_codes.staircase_output_code(steps, lo, hi)(y)
+    assert planes.shape[0] == lean_codes.code_bits(steps + 2)
     assert_same_bits(decode(planes), y)
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
 def test_codes_of_non_contiguous_and_empty_outputs(device):
     y = ftprop_cuda.reference.step_forward(torch.randn(6, 5, device=device)).t()
-    planes, decode = memory.step_output_code(-1.0)(y)
+    planes, decode = lean_codes.step_output_code(-1.0)(y)
     out = decode(planes)
     assert out.stride() == y.stride()
     assert_same_bits(out, y)
     empty = torch.empty(0, 3, device=device)
-    planes, decode = memory.step_output_code(-1.0)(empty)
+    planes, decode = lean_codes.step_output_code(-1.0)(empty)
     assert decode(planes).shape == (0, 3)
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 5, 8, 12])
 def test_pack_codes_round_trip(bits):
     codes = torch.randint(0, 2**bits, (1001,))
-    planes = memory.pack_codes(codes, bits)
+    planes = lean_codes.pack_codes(codes, bits)
     assert planes.shape == (bits, 126)
-    assert torch.equal(memory.unpack_codes(planes, 1001), codes)
+    assert torch.equal(lean_codes.unpack_codes(planes, 1001), codes)
 
 
 # The compiled level-code loops (CPU) write the layout pack_codes writes, bit for bit, and read
 # it back; the torch-op path (other devices) is the oracle. Sizes around a group of 8.
-needs_level_codec = pytest.mark.skipif(not memory._level_codec(torch.device("cpu")),
+needs_level_codec = pytest.mark.skipif(not lean_codes.level_codec(torch.device("cpu")),
                                        reason="no compiled level-code loops")
 
 
@@ -286,8 +288,8 @@ def test_level_codec_matches_torch_codes(dtype, count, n):
     y = table[codes]
     planes = torch.ops.ftprop_cuda._level_code_pack(y, levels)
     assert planes.dtype == torch.uint8
-    bits = memory.code_bits(count + 1)
-    assert torch.equal(planes, memory.pack_codes(codes, bits).view(bits, -1))
+    bits = lean_codes.code_bits(count + 1)
+    assert torch.equal(planes, lean_codes.pack_codes(codes, bits).view(bits, -1))
     out = torch.ops.ftprop_cuda._level_code_unpack(planes, table, n)
     assert_same_bits(out, y)
 
@@ -320,9 +322,9 @@ def test_output_codes_without_the_loops(monkeypatch):
     """The torch-op path (every device but the CPU) gives the same codes and values."""
     y = ftprop_cuda.reference.staircase_forward(torch.randn(3, 7, 5) * 2, 5, -1.0, 1.0)
     y[0, 0, 0] = math.nan
-    for code_fn in (memory.staircase_output_code(5, -1.0, 1.0),):
+    for code_fn in (lean_codes.staircase_output_code(5, -1.0, 1.0),):
         planes, decode = code_fn(y)
-        monkeypatch.setattr(memory, "_level_codec", lambda device: False)
+        monkeypatch.setattr(lean_codes, "level_codec", lambda device: False)
         planes_torch, decode_torch = code_fn(y)
         assert torch.equal(planes.view(planes_torch.shape), planes_torch)
         assert_same_bits(decode_torch(planes_torch), y)
@@ -344,7 +346,7 @@ POOLS = [  # kernel, stride, padding, dilation, ceil_mode
 @pytest.mark.parametrize("pool", POOLS)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "3d"])
 def test_pool_offsets_round_trip(device, pool, layout):
-    if device not in _ops.KERNEL_DEVICES:
+    if device not in extension.KERNEL_DEVICES:
         pytest.skip(f"no kernels for {device}")
     kernel, stride, padding, dilation, ceil_mode = pool
     x = torch.randn(3, 4, 11, 9, device=device)
@@ -356,9 +358,9 @@ def test_pool_offsets_round_trip(device, pool, layout):
     elif layout == "3d":
         x = x[0]
     _, idx = F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
-    token = memory._PoolIndices(idx, x.shape[-1], (kernel, stride, padding, dilation),
-                                memory._offset_bits(kernel))
-    assert token.packed.numel() * 8 >= idx.numel() * memory._offset_bits(kernel)
+    token = lean_pool.PoolIndices(idx, x.shape[-1], (kernel, stride, padding, dilation),
+                                  lean_pool.offset_bits(kernel))
+    assert token.packed.numel() * 8 >= idx.numel() * lean_pool.offset_bits(kernel)
     out = token.unpack()
     assert out.stride() == idx.stride()
     assert torch.equal(out, idx)
@@ -393,7 +395,7 @@ def test_pool_offsets_layout_across_blocks(pool, shape):
     x = torch.randn(shape)
     x[0, 0, :2] = math.nan
     _, idx = F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
-    bits = memory._offset_bits(kernel)
+    bits = lean_pool.offset_bits(kernel)
     args = (x.shape[-1], list(kernel), list(stride), list(padding), list(dilation), bits)
     packed = torch.ops.ftprop_cuda._pool_offsets_pack(idx, *args)
     assert torch.equal(packed, _offsets_oracle(idx, x.shape[-1], kernel, stride, padding,
@@ -403,7 +405,7 @@ def test_pool_offsets_layout_across_blocks(pool, shape):
 
 
 needs_pool_backward = pytest.mark.skipif(
-    not memory._pool_backward_available(torch.zeros(1)),
+    not lean_pool.pool_backward_available(torch.zeros(1)),
     reason="no compiled max-pool backward from offsets")
 
 
@@ -429,14 +431,14 @@ def test_pool_backward_from_offsets_is_atens(pool, layout, dtype):
         grad = torch.randn(out.shape[::-1]).to(dtype).permute(*reversed(range(out.dim())))
     expected = torch.ops.aten.max_pool2d_with_indices_backward(
         grad, x, list(kernel), list(stride), list(padding), list(dilation), ceil_mode, idx)
-    bits = memory._offset_bits(kernel)
+    bits = lean_pool.offset_bits(kernel)
     args = (x.shape[-1], list(kernel), list(stride), list(padding), list(dilation), bits)
     packed = torch.ops.ftprop_cuda._pool_offsets_pack(idx, *args)
     got = torch.ops.ftprop_cuda._pool_offsets_backward(grad, packed, list(x.shape), *args)
     assert got.stride() == expected.stride()
     assert_same_bits(got, expected)
     # the autograd Function lean mode uses: ATen's output, the same input gradient
-    lean_out = memory._LeanMaxPool2d.apply(x, kernel, stride, padding, dilation, ceil_mode, bits)
+    lean_out = lean_pool.LeanMaxPool2d.apply(x, kernel, stride, padding, dilation, ceil_mode, bits)
     assert_same_bits(lean_out.detach(), out.detach())
     (lean_grad,) = torch.autograd.grad(lean_out, x, grad)
     assert_same_bits(lean_grad, expected)
@@ -446,11 +448,11 @@ def test_pool_backward_from_offsets_is_atens(pool, layout, dtype):
 def test_pool_backward_from_offsets_errors():
     x = torch.randn(1, 2, 6, 6, requires_grad=True)
     args = (6, [2, 2], [2, 2], [0, 0], [1, 1], 2)
-    out = memory._LeanMaxPool2d.apply(x, (2, 2), (2, 2), (0, 0), (1, 1), False, 2)
+    out = lean_pool.LeanMaxPool2d.apply(x, (2, 2), (2, 2), (0, 0), (1, 1), False, 2)
     g = torch.ones_like(out)
     with pytest.raises(RuntimeError, match="no second derivatives"):
         torch.autograd.grad(out, x, g, create_graph=True)
-    out = memory._LeanMaxPool2d.apply(x, (2, 2), (2, 2), (0, 0), (1, 1), False, 2)
+    out = lean_pool.LeanMaxPool2d.apply(x, (2, 2), (2, 2), (0, 0), (1, 1), False, 2)
     out.backward(g)
     with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         out.backward(g)

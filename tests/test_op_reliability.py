@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import ftprop_cuda
 from ftprop_cuda import STAIRCASE_RULES, STEP_RULES
-from ftprop_cuda.rules import SMOOTH_STEP_RULES
+from ftprop_cuda.ops.rules import SMOOTH_STEP_RULES
 
 from helpers import G_BOUNDARY, Z_STEP, staircase_boundary
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import ftprop_cuda
-from ftprop_cuda import reference as ref
-from ftprop_cuda import rules
+from ftprop_cuda.ops import reference as ref
+from ftprop_cuda.ops import rules
 
 from conftest import cpu_and_cuda
 from helpers import (DTYPES, G_BOUNDARY, Z_STEP, assert_backward_close,

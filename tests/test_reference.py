@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from ftprop_cuda import reference as ref
-from ftprop_cuda import rules
+from ftprop_cuda.ops import reference as ref
+from ftprop_cuda.ops import rules
 
 nan, inf = math.nan, math.inf
 

@@ -9,14 +9,15 @@ import pytest
 import torch
 
 import ftprop_cuda
-from ftprop_cuda import _ops, diagnostics, functional, nn, reference, rules
 from ftprop_cuda.models import units
+from ftprop_cuda.ops import autograd, extension, functional, nn, reference, rules
+from ftprop_cuda.train import diagnostics
 
 from conftest import cpu_and_cuda
 from helpers import G_BOUNDARY, Z_STEP, assert_same_bits, grid, staircase_boundary
 
 OPS = torch.ops.ftprop_cuda
-needs_ext = pytest.mark.skipif(not _ops.LOADED, reason="the compiled extension did not load")
+needs_ext = pytest.mark.skipif(not extension.LOADED, reason="the compiled extension did not load")
 
 # saturated_hinge's staircase code grows with steps: 2 bits up to K = 2, 4 up to 14, 8 up to 254
 STAIR_STEPS = (2, 3, 14, 15, 254, 255)
@@ -44,8 +45,8 @@ def test_every_layer_reads_the_registry():
     assert functional.STEP_RULES is rules.STEP_RULES
     assert nn.STAIRCASE_RULES is rules.STAIRCASE_RULES
     assert units.ALL_RULES is rules.ALL_RULES
-    assert _ops._SMOOTH_STEP_RULES is rules.SMOOTH_STEP_RULES
-    assert _ops._SMOOTH_STAIRCASE_RULES is rules.SMOOTH_STAIRCASE_RULES
+    assert autograd.SMOOTH_STEP_RULES is rules.SMOOTH_STEP_RULES
+    assert autograd.SMOOTH_STAIRCASE_RULES is rules.SMOOTH_STAIRCASE_RULES
     assert diagnostics.has_layer_loss(ftprop_cuda.Step("ramp")) is False
     assert diagnostics.has_layer_loss(ftprop_cuda.Staircase(rule="ste")) is True
 
@@ -199,7 +200,7 @@ def test_interval_codes_are_lossless_and_smooth_ones_are_not(family, name, devic
     """save='auto' keeps a code exactly for the registry's interval rules: their code must give
     the bits of the backward from z; a smooth rule's 8-bit code must not (it is saved as z)."""
     record = rules.get(family, name)
-    assert _ops.saves_code(record.smooth, record.code_bits(3), "auto") == (not record.smooth)
+    assert functional.saves_code(record.smooth, record.code_bits(3), "auto") == (not record.smooth)
     differs = []
     configs = ([(3, 0.0, 1.0, v) for v in (False, True)] if family == "step"
                else [(3, -0.5, 1.5, False), (5, 0.0, 1.0, False)])

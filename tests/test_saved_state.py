@@ -7,9 +7,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import ftprop_cuda
-from ftprop_cuda import _ops
-from ftprop_cuda import reference as ref
-from ftprop_cuda import rules
+from ftprop_cuda.ops import reference as ref
+from ftprop_cuda.ops import rules
 
 from conftest import cpu_and_cuda
 from helpers import assert_backward_close
@@ -190,13 +189,13 @@ def test_codes_at_block_and_byte_edges(n, device):
 def test_code_bits_tables():
     expected = {"ste": 0, "sste": 1, "ramp": 8, "soft_hinge": 8, "saturated_hinge": 2,
                 "hinge": 2, "perceptron": 2, "sigmoid": 8, "lecun_tanh": 8}
-    assert {r: _ops.step_code_bits(r) for r in expected} == expected
-    assert _ops.staircase_code_bits("saturated_hinge", 2) == 2
-    assert _ops.staircase_code_bits("saturated_hinge", 3) == 4
-    assert _ops.staircase_code_bits("saturated_hinge", 14) == 4
-    assert _ops.staircase_code_bits("saturated_hinge", 15) == 8
-    assert _ops.staircase_code_bits("saturated_hinge", 254) == 8
-    assert _ops.staircase_code_bits("saturated_hinge", 255) is None
+    assert {r: rules.step_code_bits(r) for r in expected} == expected
+    assert rules.staircase_code_bits("saturated_hinge", 2) == 2
+    assert rules.staircase_code_bits("saturated_hinge", 3) == 4
+    assert rules.staircase_code_bits("saturated_hinge", 14) == 4
+    assert rules.staircase_code_bits("saturated_hinge", 15) == 8
+    assert rules.staircase_code_bits("saturated_hinge", 254) == 8
+    assert rules.staircase_code_bits("saturated_hinge", 255) is None
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from ftprop_cuda import sweep
-from ftprop_cuda.sweep_report import paired_difference, t_quantile, verdict
+from ftprop_cuda.sweep.stats import paired_difference, t_quantile, verdict
 
 SWEEP = [sys.executable, "-m", "ftprop_cuda.sweep"]
 
@@ -286,7 +286,7 @@ def test_child_environment(monkeypatch):
     assert env["OMP_NUM_THREADS"] == "3" and env["CUDA_VISIBLE_DEVICES"] == "1"
     # the trainer imports the package running the sweep, never a source folder in the cwd
     assert env["PYTHONSAFEPATH"] == "1"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(sweep.__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(sweep.__file__))))
     assert root in env.get("PYTHONPATH", "").split(os.pathsep) or root in sys.path[1:]
     assert "CUDA_VISIBLE_DEVICES" not in sweep.child_env("1", None) or \
         "CUDA_VISIBLE_DEVICES" in os.environ
@@ -305,7 +305,7 @@ batch-size = 16
 download = false
 lr = 2.5e-4
 """))
-    _, options = sweep._train_options()
+    _, options = sweep.train_options()
     assert grid.args("a", options) == ["--batch-size", "16", "--lr-decay-epochs", "3", "5",
                                        "--no-grad-scale", "--no-bn", "--lr", "0.00025"]
 

@@ -11,7 +11,7 @@ import torch
 
 from ftprop_cuda import data, train
 from ftprop_cuda.models import build_model
-from ftprop_cuda.presets import PRESETS
+from ftprop_cuda.train.presets import PRESETS
 
 FASHION_INSTALLED = all(os.path.isfile(os.path.join(data.FASHION_MNIST_DIR, f))
                         for f in data.FASHION_MNIST_FILES)

@@ -11,7 +11,8 @@ import time
 import pytest
 import torch
 
-from ftprop_cuda import data, runio, train
+from ftprop_cuda import data, runs, train
+from ftprop_cuda.train import optim, outputs
 
 from test_train import fast, metrics, run
 
@@ -77,7 +78,7 @@ def test_divergence_keeps_the_last_good_checkpoint(one_epoch, tmp_path, monkeypa
                 open(os.path.join(folder, name), "wb") as dst:
             dst.write(src.read())
     before = open(os.path.join(folder, "last.pt"), "rb").read()
-    real = train.output_loss
+    real = optim.output_loss
     calls = []
 
     def nan_at_third_step(name):
@@ -89,7 +90,7 @@ def test_divergence_keeps_the_last_good_checkpoint(one_epoch, tmp_path, monkeypa
             return value * float("nan") if len(calls) == 3 else value
         return patched
 
-    monkeypatch.setattr(train, "output_loss", nan_at_third_step)
+    monkeypatch.setattr(optim, "output_loss", nan_at_third_step)
     code, _, stderr = run(fast("--resume", os.path.join(folder, "last.pt"), "--epochs", "2"))
     assert code == 3 and one_error_line(stderr), stderr
     assert "epoch 2, step 3 of 7" in stderr and "last.pt keeps epoch 1" in stderr
@@ -98,19 +99,19 @@ def test_divergence_keeps_the_last_good_checkpoint(one_epoch, tmp_path, monkeypa
 
 
 def test_metrics_never_hold_nan_or_infinity(tmp_path, monkeypatch):
-    real = train.output_loss
+    real = optim.output_loss
 
     def infinite_test_loss(name):
         loss = real(name)
         return lambda out, target: loss(out, target) if torch.is_grad_enabled() \
             else loss(out, target) * float("inf")
 
-    monkeypatch.setattr(train, "output_loss", infinite_test_loss)
+    monkeypatch.setattr(optim, "output_loss", infinite_test_loss)
     code, _, stderr = run(fast(*SMALL, "--epochs", "1", "--out", str(tmp_path)))
     assert code == 0, stderr
     (rec,) = strict_json_lines(tmp_path / "metrics.jsonl")
     assert rec["test_loss"] is None and rec["train_loss"] > 0
-    assert runio.dumps({"a": [float("nan"), -float("inf"), 1.5]}) == '{"a": [null, null, 1.5]}'
+    assert runs.dumps({"a": [float("nan"), -float("inf"), 1.5]}) == '{"a": [null, null, 1.5]}'
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,7 +119,7 @@ def test_metrics_never_hold_nan_or_infinity(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 def test_default_folders_are_unique_within_a_second(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(train, "_timestamp", lambda: "20260101-000000")
+    monkeypatch.setattr(outputs, "timestamp", lambda: "20260101-000000")
     finals = []
     for _ in range(2):
         code, stdout, stderr = run(fast(*SMALL, "--epochs", "1", "--train-limit", "64"))
@@ -131,7 +132,7 @@ def test_default_folders_are_unique_within_a_second(tmp_path, monkeypatch):
 
 
 def test_a_live_run_folder_is_locked(tmp_path):
-    held = runio.RunLock(str(tmp_path))  # this process holds it, as a live run would
+    held = runs.RunLock(str(tmp_path))  # this process holds it, as a live run would
     try:
         code, _, stderr = run(fast(*SMALL, "--epochs", "1", "--out", str(tmp_path)))
     finally:
@@ -145,18 +146,18 @@ def test_a_live_run_folder_is_locked(tmp_path):
 
 def test_lock_is_held_across_processes(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from ftprop_cuda import runio; "
-         f"runio.RunLock({str(tmp_path)!r}); print('locked', flush=True); time.sleep(60)"],
+        [sys.executable, "-c", "import sys, time; from ftprop_cuda import runs; "
+         f"runs.RunLock({str(tmp_path)!r}); print('locked', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(runio.RunIOError, match=f"pid {holder.pid} on host "
+        with pytest.raises(runs.RunIOError, match=f"pid {holder.pid} on host "
                            f"{socket.gethostname()}"):
-            runio.RunLock(str(tmp_path))
+            runs.RunLock(str(tmp_path))
     finally:
         holder.kill()
         holder.wait()
-    runio.RunLock(str(tmp_path)).release()  # the kernel dropped the dead holder's lock
+    runs.RunLock(str(tmp_path)).release()  # the kernel dropped the dead holder's lock
 
 
 @pytest.mark.parametrize("kind", ["file", "under_file"])

@@ -14,12 +14,10 @@ import numbers
 
 import torch
 
-from . import TORCHVISION_PREFIX
-from .nonlins import is_hard_threshold
-from ..conversion import convert
-from .units import NONLINS, ThresholdReLU, check_unit_args
+from .activations import ThresholdReLU
+from .conversion import convert
+from .units import NONLINS, check_unit_args, is_hard_threshold
 
-PREFIX = TORCHVISION_PREFIX  # the --arch prefix (models/__init__.py)
 # Sizes tried, in order, when the data's images are too small for the model.
 UPSAMPLE_SIZES = (32, 64, 75, 96, 128, 160, 224, 299)
 
@@ -141,4 +139,4 @@ def build_torchvision(name: str, nonlin: str = "step", rule: str = "soft_hinge",
     return model, lines
 
 
-__all__ = ["build_torchvision", "classification_models", "PREFIX", "NONLINS"]
+__all__ = ["build_torchvision", "classification_models", "NONLINS"]

@@ -1,0 +1,202 @@
+"""The lean forward: a torch-function mode that records how to rebuild what the layers save, and
+saved-tensor hooks that keep a small token instead of the tensor and rebuild it in the backward.
+
+Recipes (recorded while the forward runs): a unit's output (announced by the ops through
+ftprop_cuda.ops.observers), a training-mode batch norm's output, a residual sum of two recorded
+tensors, and a 2-D max-pool's indices and input.
+"""
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from ..ops.observers import UnitObserver, observing
+from .codes import staircase_output_code, step_output_code
+from .pool import (LeanMaxPool2d, PoolIndices, ShapeOnly, codec_available, pool_backward_available,
+                   pool_offset_bits, pool_params)
+from .records import Entry, Rebuild, Registry, Source
+
+
+def _autocast_state(device_type):
+    """(device type, enabled, dtype): a recomputation runs under the forward's autocast state
+    (the backward usually runs outside the autocast region)."""
+    try:
+        return device_type, torch.is_autocast_enabled(device_type), \
+            torch.get_autocast_dtype(device_type)
+    except (RuntimeError, TypeError):  # a device type autocast does not know
+        return device_type, False, None
+
+
+def _autocast(device_type, enabled, dtype):
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype, enabled=True)
+
+
+_ADD = {torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__, torch.add}
+_IADD = {torch.Tensor.add_, torch.Tensor.__iadd__}
+_BATCH_NORM_ARGS = ("input", "running_mean", "running_var", "weight", "bias", "training",
+                    "momentum", "eps")
+
+
+def _record_batch_norm(ctx, func, args, kwargs):
+    """A training-mode batch norm: its output is recomputed from its input and parameters."""
+    out = func(*args, **kwargs)
+    a = dict(zip(_BATCH_NORM_ARGS, args))
+    a.update(kwargs)
+    if a.get("training", False) and out.requires_grad and isinstance(out, torch.Tensor):
+        x, rm, rv = a["input"], a.get("running_mean"), a.get("running_var")
+        w, b = a.get("weight"), a.get("bias")
+        momentum, eps = a.get("momentum", 0.1), a.get("eps", 1e-5)
+        # the same call on the same input: running statistics go to throw-away copies
+        # (they only receive the update; the output uses the batch statistics)
+        dummy_rm = None if rm is None else rm.detach().clone()
+        dummy_rv = None if rv is None else rv.detach().clone()
+        params = [p for p in (w, b) if p is not None]
+        sources = (Source(ctx, x),) + tuple(Source(ctx, p) for p in params)
+
+        autocast = _autocast_state(x.device.type)
+
+        def recompute(xv, *pv, _w=w is not None, _b=b is not None):
+            it = iter(pv)
+            wv = next(it) if _w else None
+            bv = next(it) if _b else None
+            with torch.no_grad(), _autocast(*autocast):
+                return F.batch_norm(xv, dummy_rm, dummy_rv, wv, bv, True, momentum, eps)
+
+        ctx.register(out, Entry(out, "batch-norm output recomputed", sources, recompute))
+    return out
+
+
+def _record_max_pool(ctx, func, args, kwargs):
+    """A 2-D max-pool: the lean Function, or the offsets codec for its indices (see pack)."""
+    if kwargs.get("return_indices") or (len(args) > 6 and args[6]):
+        return func(*args, **kwargs)
+    x, kernel, stride, padding, dilation, ceil_mode = pool_params(args, kwargs)
+    if x.dim() not in (3, 4) or not x.requires_grad:
+        return func(*args, **kwargs)
+    bits = pool_offset_bits(kernel, dilation, x.shape[-1])
+    if bits is not None and pool_backward_available(x):
+        ctx.note(f"max-pool keeps {bits}-bit window offsets, read by its backward "
+                 "(no input, no indices)")
+        return LeanMaxPool2d.apply(x, kernel, stride, padding, dilation, ceil_mode, bits)
+    ctx.pool = (x, (kernel, stride, padding, dilation), bits)
+    try:
+        return func(*args, **kwargs)
+    finally:
+        ctx.pool = None
+
+
+def _record_add(ctx, func, args, kwargs):
+    """The sum of two recorded tensors (a residual add): recomputed from them."""
+    if len(args) != 2 or kwargs or not all(isinstance(a, torch.Tensor) for a in args):
+        return func(*args, **kwargs)
+    a, b = args
+    ea, eb = ctx.lookup(a), ctx.lookup(b)
+    if ea is None or eb is None:
+        return func(*args, **kwargs)
+    sa, sb = Source(ctx, a), Source(ctx, b)
+    out = func(*args, **kwargs)
+    if sa.free() and sb.free() and out.requires_grad and out.dtype == a.dtype:
+        autocast = _autocast_state(a.device.type)
+
+        def recompute(av, bv):
+            with torch.no_grad(), _autocast(*autocast):
+                return av + bv
+
+        ctx.register(out, Entry(out, "residual sum recomputed", (sa, sb), recompute))
+    else:  # release the uses taken above
+        for s in (sa, sb):
+            if s.entry is not None:
+                s.entry.uses -= 1
+    return out
+
+
+class LeanContext(Registry, UnitObserver, TorchFunctionMode):
+    """One lean forward: the torch-function mode recording recipes, the unit observer, and the
+    saved-tensor hooks (pack, unpack) using what was recorded."""
+
+    def __init__(self, report=None):
+        Registry.__init__(self, report)
+        TorchFunctionMode.__init__(self)
+        self.pool = None  # (input, params, offset bits) while a max-pool runs
+
+    # units (announced by ftprop_cuda.ops.functional) -------------------------------------
+    def unit(self, z, y, forward, code_fn, kept_z):
+        """y = forward(z) of a unit; kept_z: the unit's backward keeps z itself."""
+        if not y.requires_grad or y.storage_offset() != 0:
+            return
+        if kept_z:
+            entry = Entry(y, "unit output rebuilt from z", (Source(self, z),), forward)
+        else:
+            entry = Entry(y, "unit output kept as a code", code_fn=code_fn)
+        self.register(y, entry)
+
+    def step_unit(self, z, y, rebuild, zero_one, kept_z):
+        self.unit(z, y, rebuild, step_output_code(0.0 if zero_one else -1.0), kept_z)
+
+    def staircase_unit(self, z, y, rebuild, steps, lo, hi, kept_z):
+        self.unit(z, y, rebuild, staircase_output_code(steps, lo, hi), kept_z)
+
+    # torch-function mode ------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.batch_norm:
+            return _record_batch_norm(self, func, args, kwargs)
+        if func is F.max_pool2d:
+            return _record_max_pool(self, func, args, kwargs)
+        if func in _ADD or func in _IADD:
+            return _record_add(self, func, args, kwargs)
+        return func(*args, **kwargs)
+
+    # saved-tensor hooks -------------------------------------------------------------------
+    def _pack_pool(self, t):
+        """The token of a tensor a running max-pool saves, or None if it is none of its own."""
+        x, params, bits = self.pool
+        if t.dtype == torch.int64 and t.dim() == x.dim() and bits is not None \
+                and codec_available(t.device):
+            self.note(f"max-pool indices kept as {bits}-bit window offsets")
+            return PoolIndices(t, x.shape[-1], params, bits)
+        if t.shape == x.shape and t.untyped_storage().data_ptr() == \
+                x.untyped_storage().data_ptr():
+            self.note("max-pool input not kept (its backward reads only the shape)")
+            return ShapeOnly(t)
+        return None
+
+    def pack(self, t):
+        if self.pool is not None:
+            token = self._pack_pool(t)
+            if token is not None:
+                return token
+        entry = self.lookup(t)
+        if entry is None:
+            return t
+        entry.prepare()
+        self.note(entry.how)
+        return Rebuild(entry, t)
+
+    @staticmethod
+    def unpack(packed):
+        if isinstance(packed, torch.Tensor):
+            return packed
+        return packed.unpack()  # Rebuild, PoolIndices or ShapeOnly
+
+
+@contextlib.contextmanager
+def lean_memory(report=None):
+    """Runs a training forward in lean memory mode (see ftprop_cuda.memory).
+
+    A no-op under torch.compile, under torch.func transforms and where grad mode is off.
+    report: a dict to receive, per module, what was made lean.
+    """
+    if (torch.compiler.is_compiling() or not torch.is_grad_enabled()
+            or torch._C._are_functorch_transforms_active()):
+        yield None
+        return
+    ctx = LeanContext(report)
+    try:
+        with observing(ctx), torch.autograd.graph.saved_tensors_hooks(ctx.pack, ctx.unpack), ctx:
+            yield ctx
+    finally:
+        ctx.entries.clear()

@@ -1,0 +1,104 @@
+"""2-D max-pooling in lean mode: int64 indices kept as window-local offsets of 1, 2, 4 or 8 bits
+(csrc/pool_offsets.h), and a max-pool Function whose backward reads the offsets directly."""
+import torch
+
+from ..ops.extension import KERNEL_DEVICES, LOADED, has_cpu_kernel
+from .records import no_double_backward
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def pool_params(args, kwargs):
+    """(input, kernel, stride, padding, dilation, ceil_mode) of an F.max_pool2d call."""
+    names = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode")
+    vals = dict(zip(names, args))
+    vals.update({k: v for k, v in kwargs.items() if k in names})
+    kernel = _pair(vals["kernel_size"])
+    stride = vals.get("stride")
+    stride = kernel if stride is None or stride == [] or stride == () else _pair(stride)
+    return vals["input"], kernel, stride, _pair(vals.get("padding", 0)), \
+        _pair(vals.get("dilation", 1)), bool(vals.get("ceil_mode", False))
+
+
+def offset_bits(kernel):
+    """Bits per window offset (1, 2, 4 or 8), or None for windows of more than 256 elements."""
+    window = kernel[0] * kernel[1]
+    return next((b for b in (1, 2, 4, 8) if window <= 1 << b), None)
+
+
+def pool_offset_bits(kernel, dilation, in_w):
+    """Bits per stored offset of a max-pool's window, or None where the indices stay int64
+    (windows over 256 positions, or whose rows overlap in the flat index)."""
+    bits = offset_bits(kernel)
+    rows_apart = (kernel[1] - 1) * dilation[1] < dilation[0] * in_w
+    return bits if rows_apart else None
+
+
+def codec_available(device):
+    """Whether the compiled offset codec serves this device."""
+    return LOADED and device.type in KERNEL_DEVICES
+
+
+def pool_backward_available(x):
+    """Whether LeanMaxPool2d serves this input: a contiguous floating-point CPU tensor, with the
+    compiled backward from offsets loaded."""
+    return x.device.type == "cpu" and x.is_floating_point() and x.is_contiguous() \
+        and has_cpu_kernel("_pool_offsets_pack", "_pool_offsets_backward")
+
+
+class LeanMaxPool2d(torch.autograd.Function):
+    """A 2-D max-pool (contiguous CPU input) that keeps only its window offsets, and whose
+    backward reads them directly: neither its input nor int64 indices are kept or rebuilt. The
+    forward is ATen's; the backward sums the gradients in ATen's order and arithmetic, so both
+    are bitwise the standard path's (csrc/cpu/pool_offsets.cpp)."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride, padding, dilation, ceil_mode, bits):
+        out, idx = torch.ops.aten.max_pool2d_with_indices.default(
+            x, list(kernel), list(stride), list(padding), list(dilation), ceil_mode)
+        ctx.args = (x.shape[-1], list(kernel), list(stride), list(padding), list(dilation), bits)
+        ctx.input_size = list(x.shape)
+        ctx.save_for_backward(torch.ops.ftprop_cuda._pool_offsets_pack(idx, *ctx.args))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        if torch.is_grad_enabled():
+            raise no_double_backward()
+        packed, = ctx.saved_tensors
+        return (torch.ops.ftprop_cuda._pool_offsets_backward(grad, packed, ctx.input_size,
+                                                             *ctx.args),
+                None, None, None, None, None, None)
+
+
+class PoolIndices:
+    """A max-pool's int64 indices as window-local offsets (csrc/pool_offsets.h)."""
+
+    __slots__ = ("packed", "size", "stride", "args")
+
+    def __init__(self, t, in_w, params, bits):
+        kernel, stride, padding, dilation = params
+        self.args = (in_w, list(kernel), list(stride), list(padding), list(dilation), bits)
+        self.size, self.stride = t.size(), t.stride()
+        self.packed = torch.ops.ftprop_cuda._pool_offsets_pack(t, *self.args)
+
+    def unpack(self):
+        idx = torch.ops.ftprop_cuda._pool_offsets_unpack(self.packed, list(self.size), *self.args)
+        if tuple(idx.stride()) == tuple(self.stride):
+            return idx
+        return torch.empty_strided(self.size, self.stride, dtype=idx.dtype,
+                                   device=idx.device).copy_(idx)
+
+
+class ShapeOnly:
+    """A max-pool's input: its backward reads the shape and layout, never the values."""
+
+    __slots__ = ("size", "stride", "dtype", "device")
+
+    def __init__(self, t):
+        self.size, self.stride, self.dtype, self.device = t.size(), t.stride(), t.dtype, t.device
+
+    def unpack(self):
+        return torch.empty_strided(self.size, self.stride, dtype=self.dtype, device=self.device)

@@ -1,0 +1,193 @@
+"""ftprop-train's argument parser, one builder per argument group (torch-free: a bad flag is
+reported before torch is imported)."""
+import argparse
+import math
+
+from ..data import DATASETS, dataset_info
+from ..models import ARCHS, TORCHVISION_PREFIX, architecture
+from ..runs.names import DEFAULT_PARENT, LAST_FILE
+from .config import DEVICES, LOSSES, OPTIMIZERS
+from .errors import PROG, UsageError
+from .presets import PRESETS
+
+DESCRIPTION = "train hard-threshold networks with FTPROP-MB, the STE family and baselines."
+
+
+class LazyChoices:
+    """argparse choices whose names live in modules that import torch: loaded only when the
+    flag is given (or --help lists them)."""
+
+    def __init__(self, load):
+        self._load = load
+
+    def __contains__(self, value):
+        return value in self._load()
+
+    def __iter__(self):
+        return iter(self._load())
+
+
+def _rule_names():
+    from ..ops.rules import ALL_RULES  # the torch-free rule registry
+    return ALL_RULES
+
+
+def _nonlin_names():
+    from ..models.units import NONLINS
+    return NONLINS
+
+
+def _backend_names():
+    from ..ops.functional import BACKENDS
+    return BACKENDS
+
+
+def _arch(text):
+    try:
+        architecture(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {text!r} (choose from {', '.join(ARCHS)} or "
+            f"{TORCHVISION_PREFIX}NAME)")
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def _int_at_least(low, what):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
+
+
+_positive_int = _int_at_least(1, "a positive integer")
+_nonneg_int = _int_at_least(0, "an integer >= 0")
+
+
+def _float_at_least(low, strict):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(
+                f"expected a number {'>' if strict else '>='} {low:g}, got {text!r}")
+        return value
+    return parse
+
+
+def _epoch_list(text):
+    out = []
+    for part in text.replace(",", " ").split():
+        out.append(_positive_int(part))
+    return out
+
+
+# Config flags default to "not given" (SUPPRESS), so that presets can fill them in.
+S = argparse.SUPPRESS
+
+
+def _add_model_args(p):
+    m = p.add_argument_group("model")
+    m.add_argument("--arch", type=_arch, default=S, metavar="ARCH",
+                   help=f"network: {', '.join(ARCHS)}, or {TORCHVISION_PREFIX}NAME "
+                        "(default: convnet4)")
+    m.add_argument("--nonlin", choices=LazyChoices(_nonlin_names), default=S, metavar="NONLIN",
+                   help="hidden unit: step (+-1), step01, qrelu (2-bit), qrelu5, relu, threshrelu "
+                        "(default: step)")
+    m.add_argument("--rule", choices=LazyChoices(_rule_names), default=S, metavar="RULE",
+                   help="targetprop rule of the hard-threshold units (default: soft_hinge = "
+                        "FTP-SH); relu and threshrelu have none")
+    m.add_argument("--grad-scale", action=argparse.BooleanOptionalAction, default=S,
+                   help="weight each unit's loss by |grad| (FTPROP-MB, default); --no-grad-scale: "
+                        "unweighted mode")
+    m.add_argument("--bn", action=argparse.BooleanOptionalAction, default=S,
+                   help="batch norm (default: the architecture's: off for convnet4, on otherwise)")
+    m.add_argument("--backend", choices=LazyChoices(_backend_names), default=S,
+                   metavar="BACKEND", help="ops backend: auto, kernel, reference (default: auto)")
+    m.add_argument("--memory", choices=("lean", "standard"), default=S,
+                   help="what a training forward keeps for the backward: lean (default) rebuilds "
+                        "unit outputs, batch-norm outputs and max-pool indices in the backward, "
+                        "with bitwise-identical results; standard keeps what each layer saves")
+
+
+def _add_data_args(p):
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", choices=DATASETS, default=S, help="(default: mnist5k)")
+    d.add_argument("--data-root", default=S, metavar="DIR",
+                   help="dataset folder (default: data/<dataset>; fashion_mnist: "
+                        f"{dataset_info('fashion_mnist').root()})")
+    d.add_argument("--download", action="store_true", default=S,
+                   help="let torchvision download mnist/cifar10/cifar100/svhn when missing")
+    d.add_argument("--train-limit", type=_positive_int, default=S, metavar="N",
+                   help="train on a fixed random subset of N examples (smoke runs)")
+    d.add_argument("--test-limit", type=_positive_int, default=S, metavar="N",
+                   help="test on a fixed random subset of N examples")
+    d.add_argument("--workers", type=_nonneg_int, default=S,
+                   help="data-loading processes (default: 0 for in-memory sets, else up to 8)")
+
+
+def _add_optimisation_args(p):
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=_positive_int, default=S, help="(default: 3)")
+    o.add_argument("--batch-size", type=_positive_int, default=S,
+                   help="global batch size, split across processes (default: 64)")
+    o.add_argument("--test-batch-size", type=_positive_int, default=S, help="(default: 256)")
+    o.add_argument("--opt", choices=OPTIMIZERS, default=S, help="(default: adam)")
+    o.add_argument("--lr", type=_float_at_least(0, True), default=S, help="(default: 2.5e-4)")
+    o.add_argument("--momentum", type=_float_at_least(0, False), default=S,
+                   help="SGD momentum (default: 0.9)")
+    o.add_argument("--weight-decay", type=_float_at_least(0, False), default=S,
+                   help="L2 weight decay (default: 5e-4)")
+    o.add_argument("--lr-decay", type=_float_at_least(0, True), default=S,
+                   help="factor applied at each of --lr-decay-epochs (default: 0.1)")
+    o.add_argument("--lr-decay-epochs", type=_epoch_list, nargs="*", default=S, metavar="E",
+                   help="1-based epochs at whose start the rate is multiplied by --lr-decay")
+    o.add_argument("--loss", choices=LOSSES, default=S, help="output loss (default: crossent)")
+    o.add_argument("--seed", type=int, default=S, help="(default: 1)")
+
+
+def _add_run_args(p):
+    r = p.add_argument_group("run")
+    r.add_argument("--preset", metavar="NAME", help="a paper experiment (see --list-presets)")
+    r.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    r.add_argument("--out", metavar="DIR",
+                   help="output folder, locked while the run lives (default: a new folder "
+                        f"{DEFAULT_PARENT}/<time>-<dataset>-<arch>-<nonlin>[-N]; with --resume: "
+                        "the checkpoint's folder)")
+    r.add_argument("--resume", metavar="PATH", help=f"continue training from a {LAST_FILE}")
+    r.add_argument("--eval", metavar="PATH", help="evaluate a checkpoint on the test set and exit")
+    r.add_argument("--device", choices=DEVICES, default=S, help="(default: cuda when available)")
+    r.add_argument("--compile", action="store_true", default=S, help="wrap the model in torch.compile")
+    r.add_argument("--amp", action="store_true", default=S, help="bf16 autocast (CUDA only)")
+    r.add_argument("--diagnostics", action="store_true", default=S,
+                   help="log per-layer target statistics of the hard-threshold units")
+    r.add_argument("--dist-timeout", type=_float_at_least(0, True), default=300.0,
+                   metavar="SECONDS", help="with torchrun: how long a collective waits for a "
+                   "silent process before the run fails with exit code 4 (default: 300)")
+    r.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
+                   help="do not write TensorBoard events")
+    r.add_argument("--quiet", action="store_true",
+                   help="no progress bars or per-epoch lines, only the final line")
+
+
+def build_parser():
+    """ftprop-train's parser; its errors raise UsageError instead of exiting."""
+    p = _Parser(prog=PROG, description=DESCRIPTION,
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+                epilog="Presets (--list-presets for the table): " + ", ".join(PRESETS))
+    _add_model_args(p)
+    _add_data_args(p)
+    _add_optimisation_args(p)
+    _add_run_args(p)
+    return p

@@ -1,0 +1,98 @@
+"""ftprop-train's entry point: parse, resolve the config, run, and map every way a run ends to
+its exit code (see the package docstring). Torch is imported only once the flags are good."""
+import os
+import signal
+import sys
+import types
+
+from ..data import DataError
+from ..runs import RunIOError, load_checkpoint
+from .cli import build_parser
+from .config import CONFIG_TYPES, resolve_config
+from .errors import (EXIT_DISTRIBUTED, EXIT_DIVERGED, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE,
+                     PROG, Diverged, Terminated, UsageError)
+from .presets import format_presets
+
+
+def _load_checkpoint(path, need_optimizer):
+    try:
+        return load_checkpoint(path, CONFIG_TYPES, need_optimizer)
+    except RunIOError as exc:
+        raise UsageError(str(exc))
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _run(argv, say, run):
+    """Parses argv, resolves the config and trains or evaluates; run.args and run.d are set as
+    soon as they exist, for the error handlers of main."""
+    args = run.args = build_parser().parse_args(argv)
+    if args.list_presets:
+        print(format_presets())
+        return 0
+    if args.resume and args.eval:
+        raise UsageError("--resume and --eval cannot be combined")
+    ckpt, notes = None, []
+    if args.resume or args.eval:
+        ckpt = _load_checkpoint(args.resume or args.eval, need_optimizer=bool(args.resume))
+    cfg = resolve_config(args, ckpt, notes)  # without a checkpoint: before torch, bad flags fast
+    for line in notes:
+        say(line)
+    if args.resume and ckpt["epoch"] == cfg["epochs"]:
+        # a finished run resumed again (a re-run sweep, say): nothing to train, nothing written
+        say(f"{PROG}: nothing to do: checkpoint {args.resume} is already at epoch "
+            f"{ckpt['epoch']} = --epochs; pass --epochs N > {ckpt['epoch']} to train on")
+        return 0
+    from .distributed import init_distributed
+    from .session import evaluate, train
+
+    run.d = init_distributed(cfg, args.dist_timeout)
+    return (evaluate if args.eval else train)(cfg, args, ckpt, run.d, say)
+
+
+def _collective_failed(exc, d):
+    if d is None or d.world == 1:
+        return False
+    from .distributed import is_dist_error
+    return is_dist_error(exc)
+
+
+def main(argv=None):
+    """Entry point of ftprop-train; returns the exit code (see the package docstring)."""
+    run = types.SimpleNamespace(args=None, d=None)
+    rank0 = os.environ.get("RANK", "0") == "0"
+    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if rank0 else (lambda msg: None)
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: signals stay as they are
+        previous = None
+    try:
+        return _run(argv, say, run)
+    except (UsageError, DataError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    except Diverged as exc:
+        say(f"{PROG}: error: {exc}")
+        return EXIT_DIVERGED
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
+        return EXIT_SIGINT
+    except Terminated:
+        print(f"{PROG}: terminated (SIGTERM)", file=sys.stderr, flush=True)
+        return EXIT_SIGTERM
+    except RuntimeError as exc:
+        if not _collective_failed(exc, run.d):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"{PROG}: error: rank {run.d.rank}: a collective with the other processes failed "
+              f"(a process stopped answering within --dist-timeout {run.args.dist_timeout:g} s, "
+              f"or ended): {first}", file=sys.stderr, flush=True)
+        return EXIT_DISTRIBUTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if run.d is not None:
+            from .distributed import shut_down
+            shut_down(run.d)
