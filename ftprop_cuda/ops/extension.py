@@ -15,6 +15,7 @@ import warnings
 
 import torch
 
+from . import cuda_arch
 from .version import __version__
 
 EXT_ERROR = None
@@ -81,7 +82,13 @@ KERNEL_DEVICES = frozenset(
 
 
 def build_info() -> dict:
-    """What this install was built with: which kernels exist and against which torch/CUDA."""
+    """What this install was built with: which kernels exist and against which torch/CUDA.
+
+    cuda_archs: the architectures the CUDA kernels were compiled for, as the compiler saw them
+    (['sm_80', ..., 'compute_90'], [] without CUDA kernels); cpu_kernel_level: the instruction
+    set of the CPU loops in use ('avx512', 'avx2', 'baseline'). Both None when unknown (no
+    compiled library, or one built before it reported them). See ops/cuda_arch.py.
+    """
     cuda = "cuda" in KERNEL_DEVICES
     return {
         "version": __version__,
@@ -91,6 +98,8 @@ def build_info() -> dict:
         "cuda_kernels": cuda,
         "cuda_version": torch.version.cuda if cuda else None,
         "torch": torch.__version__,
+        "cuda_archs": cuda_arch.compiled_archs() if LOADED else None,
+        "cpu_kernel_level": cuda_arch.cpu_kernel_level() if LOADED else None,
     }
 
 

@@ -9,7 +9,7 @@ import numbers
 import torch
 import torch.autograd.forward_ad as _fwad
 
-from . import extension, reference, transforms
+from . import cuda_arch, extension, reference, transforms
 from .observers import STATE as _OBSERVERS
 from .reference import STEP_VALUES
 from .rules import (SMOOTH_STAIRCASE_RULES, SMOOTH_STEP_RULES, STAIRCASE_RULES, STEP_RULES,
@@ -172,6 +172,8 @@ def _use_kernel(z, backend):
             f"backend='kernel' has no kernel for device '{z.device.type}': {why}; "
             "use backend='auto' or 'reference'"
         )
+    if z.device.type == "cuda" and not torch.compiler.is_compiling():
+        cuda_arch.on_cuda_call(z.device, available)  # once per device: can this card run it?
     return available
 
 
