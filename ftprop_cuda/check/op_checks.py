@@ -146,7 +146,10 @@ def _run_cases(cases, run_case):
     """Runs every case; raises CheckFailed naming the failing ones (the first few in full)."""
     failed = []
     for case in cases:
-        problem = run_case(*case)
+        try:
+            problem = run_case(*case)
+        except CheckFailed as exc:  # the forward differed: the case's message
+            problem = str(exc)
         if problem is not None:
             failed.append((case, problem))
     if failed:
