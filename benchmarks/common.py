@@ -481,19 +481,39 @@ def fmt(x, digits=3):
     return f"{x:.{digits}g}"
 
 
+def _write_text(path, text):
+    """Writes text whole or not at all (a temporary file renamed over path)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def try_plot(plot_fn, result, png, log=print):
+    """Draws the plot; returns png, or None when matplotlib is missing (the results are
+    written already: a bare torch image still keeps them)."""
+    try:
+        plot_fn(result, png)
+    except ImportError as exc:
+        log(f"plot skipped: {exc} (`pip install matplotlib` draws it; `--from-json` redraws it "
+            "from the JSON later)")
+        return None
+    return png
+
+
 def write_outputs(result, name, tag, out_dir, markdown_fn, plot_fn, markdown_path=None,
                   no_plot=False, log=print):
-    """Writes <out_dir>/<name>_<tag>.{json,md,png}; with markdown_path, also replaces the
-    section '<name> <tag>' of that file and copies the plot to img/ beside it."""
+    """Writes <out_dir>/<name>_<tag>.{json,md,png}, results first: the JSON and the Markdown
+    before the plot is drawn, so a plot that fails (matplotlib missing: skipped with a note)
+    loses no measurement. With markdown_path, also replaces the section '<name> <tag>' of that
+    file and copies the plot to img/ beside it."""
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, f"{name}_{tag}")
-    png = None
-    if not no_plot:
-        png = stem + ".png"
-        plot_fn(result, png)
     write_json(stem + ".json", result)
-    with open(stem + ".md", "w") as f:
-        f.write(markdown_fn(result, os.path.basename(png) if png else None))
+    _write_text(stem + ".md", markdown_fn(result, None))
+    png = None if no_plot else try_plot(plot_fn, result, stem + ".png", log)
+    if png:  # the Markdown again, now with the plot under it
+        _write_text(stem + ".md", markdown_fn(result, os.path.basename(png)))
     log(f"wrote {stem}.json, {stem}.md" + (f", {png}" if png else ""))
     if markdown_path:
         plot_rel = None
