@@ -70,6 +70,9 @@ def test_missing_report_ops_mean_unknown(monkeypatch):
     assert cuda_arch.compiled_archs() is None
     monkeypatch.setattr(cuda_arch, "arch_list_text", lambda: "")
     assert cuda_arch.compiled_archs() == []
+    # a report in a form this module cannot read refuses no card: unknown, not an error
+    monkeypatch.setattr(cuda_arch, "arch_list_text", lambda: "lto_90,sm_90")
+    assert cuda_arch.compiled_archs() is None
 
 
 def test_build_info_reports_archs_and_cpu_level(monkeypatch):

@@ -96,7 +96,7 @@ def _op_text(name):
     try:
         op = getattr(torch.ops.ftprop_cuda, name)
         value = op()
-    except (AttributeError, RuntimeError):
+    except (AttributeError, RuntimeError, NotImplementedError):
         return None
     return value if isinstance(value, str) else None
 
@@ -108,10 +108,15 @@ def arch_list_text():
 
 def compiled_archs():
     """The architectures the CUDA kernels were compiled for (['sm_80', ..., 'compute_90']), []
-    when no CUDA kernels were built, None when unknown (no library, or one that predates the
-    report)."""
+    when no CUDA kernels were built, None when unknown (no library, one that predates the
+    report, or a report this module cannot read: then no card is refused on its word)."""
     text = arch_list_text()
-    return None if text is None else parse_arch_list(text)
+    if text is None:
+        return None
+    try:
+        return parse_arch_list(text)
+    except ValueError:
+        return None
 
 
 def cpu_kernel_level():
