@@ -104,11 +104,14 @@ def level_codes_across(device):
 
 def pool_offsets_across(device):
     """Max-pool indices as window offsets: packed on the device, unpacked on the CPU (and
-    back), for contiguous and channels-last inputs."""
+    back), for contiguous and channels-last inputs, with windows of -inf and of NaN."""
     if not lean_pool.codec_available(torch.device(device)):
         raise CheckFailed(f"no compiled offset codec for {device}")
     gen = torch.Generator().manual_seed(7)
-    x = torch.randn(2, 3, 11, 9, generator=gen).to(device)
+    x = torch.randn(2, 3, 11, 9, generator=gen)
+    x[0, 0] = -math.inf  # all -inf windows: ATen's channels-last CUDA kernel gives index 0
+    x[1, 1, :3] = math.nan
+    x = x.to(device)
     params = ((3, 3), (2, 2), (1, 1), (1, 1))
     bits = lean_pool.offset_bits(params[0])
     for layout in ("contiguous", "channels-last"):
@@ -123,4 +126,4 @@ def pool_offsets_across(device):
         cpu_token = lean_pool.PoolIndices(idx.cpu(), xs.shape[-1], params, bits)
         if not torch.equal(cpu_token.packed, token.packed.cpu()):
             raise CheckFailed(f"{layout}: the packed bytes differ between {device} and the CPU")
-    return "3x3 windows, stride 2, padding 1: contiguous and channels-last"
+    return "3x3 windows, stride 2, padding 1, -inf and NaN windows: contiguous and channels-last"
