@@ -1,7 +1,8 @@
 """`python -m ftprop_cuda` (ftprop_cuda/check/): the info screen, the self-test and its exit
 status, the benchmark, --json, bad flags; the checks themselves can fail (injected faults), and
 a machine without a GPU or without kernels is reported as such, not as a pass. GPUs are faked
-where only the logic is tested. About 20 s on 2 CPU cores (one full --check run)."""
+where only the logic is tested. About 20 s on 2 idle CPU cores (one full --check run; 40 s
+when the machine is shared)."""
 import contextlib
 import io
 import json
@@ -192,3 +193,36 @@ def test_comparisons_catch_what_they_must():
     exact, slope, scale = torch.tensor([0.5]), torch.tensor([0.5]), torch.tensor([1.0])
     assert grids.compact_not_close(exact + 0.9 / 508, exact, slope, scale, 1.0) is None
     assert grids.compact_not_close(exact + 2 / 508, exact, slope, scale, 1.0) is not None
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("syncs", [False, True])
+def test_sync_check_logic_with_a_fake_debug_mode(monkeypatch, syncs):
+    """The CUDA sync check, its logic on the CPU: the mode is 'error' around each step and
+    restored after, and a step that synchronises (simulated) fails the check, naming it."""
+    from ftprop_cuda.check import model_checks
+
+    mode = {"now": 0, "set": []}
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: mode["now"])
+
+    def set_mode(value):
+        mode["now"] = value
+        mode["set"].append(value)
+
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", set_mode)
+    real_step = model_checks.train_step
+
+    def step(model, x, y, autocast_dtype=None):
+        if syncs and mode["now"] == "error":
+            raise RuntimeError("called a synchronizing CUDA operation")
+        return real_step(model, x, y, autocast_dtype)
+
+    monkeypatch.setattr(model_checks, "train_step", step)
+    check = results.run("sync", "cpu", model_checks.sync_free_step, "cpu")
+    assert mode["now"] == 0  # restored
+    if syncs:
+        assert check.status == "fail" and "standard step synchronised" in check.detail
+    else:
+        assert check.status == "pass", check.detail
+        assert mode["set"] == ["error", 0, "error", 0, 0]
