@@ -16,7 +16,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_run(sub):
-    r = sub.add_parser("run", help="run (or continue) every run of a grid")
+    r = sub.add_parser("run", help="run (or continue) every run of a grid", allow_abbrev=False)
     r.add_argument("grid", metavar="GRID", help="grid file (.toml, or .json)")
     r.add_argument("--out", required=True, metavar="DIR", help="sweep folder")
     r.add_argument("--jobs", type=int, default=1, metavar="N",
@@ -30,7 +30,7 @@ def _add_run(sub):
 
 
 def _add_report(sub):
-    s = sub.add_parser("report",
+    s = sub.add_parser("report", allow_abbrev=False,
                        help=f"statistics, claims, plot: Markdown, PNG and {REPORT_JSON_FILE}")
     s.add_argument("dir", metavar="DIR", help="sweep folder")
     s.add_argument("--baseline", metavar="NAME",
@@ -45,7 +45,7 @@ def _add_report(sub):
 
 
 def build_parser():
-    p = _Parser(prog=PROG, description=DESCRIPTION,
+    p = _Parser(prog=PROG, description=DESCRIPTION, allow_abbrev=False,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="{run,report}", parser_class=_Parser)
     sub.required = True
