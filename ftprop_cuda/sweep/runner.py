@@ -178,7 +178,7 @@ class _Pool:
                 "started": now(), "command": cmd[1:], "machine": self.machine,
                 "commit": self.commit, "omp_threads": self.threads,
                 "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES")})
-            if self.stop:
+            if self.stop:  # a signal arrived while the attempt was recorded: not started
                 claim.release()
                 return False
             header = f"==> {PROG} attempt {n}, started {now()}\n"
@@ -284,12 +284,14 @@ def _plan(grid, out, shard):
     return runs, mine, todo, finished, damaged
 
 
-def _check_out(out):
+def _check_out(out, create=True):
     """The sweep folder: one line when it cannot be one (before anything is trained)."""
     if not out:
         raise SweepError("--out must name a folder (got an empty string)")
     if os.path.exists(out) and not os.path.isdir(out):
         raise SweepError(f"--out {out}: exists and is not a folder")
+    if not create:
+        return
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as exc:
@@ -322,8 +324,7 @@ def cmd_run(args):
     shard = _parse_shard(args.shard) if args.shard is not None else (1, 1)
     if args.jobs < 1:
         raise SweepError(f"--jobs expects a positive integer, got {args.jobs}")
-    if not args.out:
-        raise SweepError("--out must name a folder (got an empty string)")
+    _check_out(args.out, create=False)
     grid = load_grid(args.grid)
     _, options = train_options()
     out = args.out
