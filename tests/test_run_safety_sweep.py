@@ -53,7 +53,8 @@ def two_sweeps(tmp_path_factory):
     env = _env(tmp)
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=env, cwd=tmp) for _ in range(2)]
-    results = [(p.wait(600), *p.communicate()) for p in procs]
+    outputs = [p.communicate(timeout=1200) for p in procs]
+    results = [(p.returncode, *o) for p, o in zip(procs, outputs)]
     return out, results
 
 
