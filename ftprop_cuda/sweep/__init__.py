@@ -8,13 +8,17 @@ A grid file (TOML, or JSON when it ends in .json) holds `seeds = [...]`, a `[com
 one `[configs.NAME]` table per configuration; keys are ftprop-train's long flags without the
 dashes. Every (configuration, seed) run is one `python -m ftprop_cuda.train` process writing
 DIR/NAME/seed-S/. Finished runs are skipped and interrupted ones resumed from their last.pt, so
-the same command continues a sweep. Optional `[claims.NAME]` tables (a, b, direction, text) name
-the comparisons the report tests. Bad grid files and arguments end with one line, exit code 2.
+the same command continues a sweep; each run is claimed right before it starts, so sweeps
+sharing a folder never train a run twice, and killing a sweep with any signal ends its
+trainers. Optional `[claims.NAME]` tables (a, b, direction, text) name the comparisons the
+report tests. Bad grid files and arguments end with one line, exit code 2.
 
     cli.py       main, build_parser (the run and report subcommands)
     grid.py      load_grid, Grid: grid files checked against ftprop-train's parser
-    folders.py   run_folder, run_state, summarise_run, machine_info, git_commit
+    folders.py   run_folder, read_records, run_status, run_state, summarise_run, machine_info,
+                 git_commit
     runner.py    cmd_run: the trainers, a few at a time; child_env
+    claims.py    Claim (a sweep's lock on a run), wait_for_trainer, remove_stale_temps
     stats.py     mean_std, t_cdf, t_quantile, paired_difference, verdict
     report.py    cmd_report: collect, config_stats, plot
     markdown.py  the report's Markdown
@@ -31,8 +35,10 @@ _LAZY = {
     **dict.fromkeys(("GRID_KEYS", "RESERVED", "CLAIM_DIRECTIONS", "CLAIM_METRICS",
                      "DEFAULT_MARGIN", "Grid", "load_grid", "train_options", "flag_args"),
                     ".grid"),
-    **dict.fromkeys(("run_folder", "run_state", "summarise_run", "machine_info", "git_commit",
-                     "read_json", "read_metrics", "seed_folders"), ".folders"),
+    **dict.fromkeys(("run_folder", "run_state", "run_status", "summarise_run", "machine_info",
+                     "git_commit", "read_json", "read_metrics", "read_records", "RecordsError",
+                     "seed_folders"), ".folders"),
+    **dict.fromkeys(("Claim", "wait_for_trainer", "remove_stale_temps"), ".claims"),
     **dict.fromkeys(("cmd_run", "child_env"), ".runner"),
     **dict.fromkeys(("mean_std", "t_cdf", "t_quantile", "paired_difference", "verdict"),
                     ".stats"),

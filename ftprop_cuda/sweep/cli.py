@@ -16,9 +16,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_run(sub):
-    r = sub.add_parser("run", help="run (or continue) every run of a grid")
+    r = sub.add_parser("run", help="run (or continue) every run of a grid", allow_abbrev=False)
     r.add_argument("grid", metavar="GRID", help="grid file (.toml, or .json)")
-    r.add_argument("--out", required=True, metavar="DIR", help="sweep folder")
+    r.add_argument("--out", metavar="DIR", help="sweep folder (required)")
     r.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="runs at a time (default 1); each gets cores // N threads "
                         "(OMP_NUM_THREADS, unless it is set already) and, with GPUs, one GPU "
@@ -30,7 +30,7 @@ def _add_run(sub):
 
 
 def _add_report(sub):
-    s = sub.add_parser("report",
+    s = sub.add_parser("report", allow_abbrev=False,
                        help=f"statistics, claims, plot: Markdown, PNG and {REPORT_JSON_FILE}")
     s.add_argument("dir", metavar="DIR", help="sweep folder")
     s.add_argument("--baseline", metavar="NAME",
@@ -45,7 +45,7 @@ def _add_report(sub):
 
 
 def build_parser():
-    p = _Parser(prog=PROG, description=DESCRIPTION,
+    p = _Parser(prog=PROG, description=DESCRIPTION, allow_abbrev=False,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="{run,report}", parser_class=_Parser)
     sub.required = True
@@ -54,10 +54,20 @@ def build_parser():
     return p
 
 
+def parse_args(argv=None):
+    """The arguments; an unknown flag is named before a missing one (SweepError)."""
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:
+        raise SweepError(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "run" and args.out is None:
+        raise SweepError("the following arguments are required: --out")
+    return args
+
+
 def main(argv=None):
     """Entry point of ftprop-sweep; returns the exit code (2 for a bad grid or argument)."""
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_args(argv)
         return (cmd_run if args.command == "run" else cmd_report)(args)
     except SweepError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)

@@ -142,6 +142,11 @@ class Grid:
         """The configuration's settings: [common] overridden by its own table."""
         return {**self.common, **self.configs[name]}
 
+    def epochs(self, name):
+        """The epoch count the configuration names, or None when it names none."""
+        epochs = self.flags(name).get("epochs")
+        return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+
     def args(self, name, options, resume=False):
         # A resumed run takes its settings from the checkpoint, which refuses --preset.
         return _table_args(self.flags(name), options, skip=("preset",) if resume else ())
@@ -233,6 +238,12 @@ def _validate(path, meta, raw_common, raw_configs):
             parser.parse_args(grid.args(name, options) + ["--seed", str(grid.seeds[0])])
         except UsageError as exc:
             raise SweepError(f"{path}: configs.{name}: ftprop-train rejects it: {exc}")
+    first = grid.args(next(iter(tables)), options)
+    for seed in grid.seeds[1:]:  # every seed passes the trainer's own check of --seed
+        try:
+            parser.parse_args(first + ["--seed", str(seed)])
+        except UsageError as exc:
+            raise SweepError(f"{path}: seeds: ftprop-train rejects seed {seed}: {exc}")
     return grid
 
 

@@ -1,5 +1,6 @@
 """The Markdown text of a sweep report, section by section."""
 import datetime
+import math
 import os
 
 from ..runs.names import ATTEMPTS_FILE, CONFIG_FILE, METRICS_FILE
@@ -8,18 +9,32 @@ from .folders import git_commit, machine_info
 from .stats import verdict
 
 
+def cell(value):
+    """value as the text of one Markdown table cell: a pipe would end the cell, so it is
+    escaped (and a line break would end the row)."""
+    return " ".join(str(value).split("\n")).replace("|", "\\|")
+
+
+def row(*cells):
+    return "| " + " | ".join(cell(c) for c in cells) + " |"
+
+
+def _finite(value):
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def plus_minus(mean, std, digits=2):
-    """'mean ± std' ('-' without a mean, no ± without a deviation)."""
-    if mean is None:
+    """'mean ± std' ('-' without a finite mean, no ± without a finite deviation)."""
+    if not _finite(mean):
         return "-"
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if _finite(std) else "")
 
 
 def diff_text(diff):
     """(signed mean, '[lo, hi]') of a paired difference, for tables and the console."""
-    if diff["mean"] is None:
+    if not _finite(diff["mean"]):
         return "-", "-"
-    if diff["lo"] is None:
+    if not (_finite(diff["lo"]) and _finite(diff["hi"])):
         return f"{diff['mean']:+.2f}", "n/a"
     return f"{diff['mean']:+.2f}", f"[{diff['lo']:+.2f}, {diff['hi']:+.2f}]"
 
@@ -51,14 +66,15 @@ def _provenance(configs):
         for r in entry["runs"]:
             for a in r["attempts"]:
                 m = a.get("machine")
-                if m and m not in machines:
+                if isinstance(m, dict) and m not in machines:
                     machines.append(m)
-                if a.get("commit") and a["commit"] not in commits:
+                if isinstance(a.get("commit"), str) and a["commit"] not in commits:
                     commits.append(a["commit"])
-                if a.get("started"):
+                if isinstance(a.get("started"), str):
                     starts.append(a["started"])
-            build = (r["config"].get("runtime") or {}).get("build")
-            if build and build not in builds:
+            runtime = r["config"].get("runtime")
+            build = runtime.get("build") if isinstance(runtime, dict) else None
+            if isinstance(build, dict) and build and build not in builds:
                 builds.append(build)
             ends.append(r["finished_at"])
     return machines, commits, builds, min(starts, default=None), max(ends, default=None)
@@ -70,7 +86,8 @@ def _utc(ts):
 
 def _machine_lines(machines):
     if machines:
-        return [f"- Runs on: {m['platform']}, {m['cpu']}, {m['cores']} cores" for m in machines]
+        return [f"- Runs on: {m.get('platform')}, {m.get('cpu')}, {m.get('cores')} cores"
+                for m in machines]
     here = machine_info()
     return [f"- Runs on: not recorded (no {ATTEMPTS_FILE}: the runs were not started by "
             f"{PROG}); report machine: {here['platform']}, {here['cpu']}, {here['cores']} cores"]
@@ -116,10 +133,10 @@ def _per_configuration(grid, stats):
     for s in stats:
         settings = _settings(grid.configs.get(s["name"], {})) if grid else "-"
         sec = f"{s['epoch_seconds_mean']:.1f}" if s["epoch_seconds_mean"] is not None else "-"
-        lines.append(f"| {s['name']} | {settings} | {s['n']} | "
-                     f"{plus_minus(s['best_top1_mean'], s['best_top1_std'])} | "
-                     f"{plus_minus(s['final_top1_mean'], s['final_top1_std'])} | "
-                     f"{plus_minus(s['best_epoch_mean'], s['best_epoch_std'], 1)} | {sec} |")
+        lines.append(row(s["name"], settings, s["n"],
+                         plus_minus(s["best_top1_mean"], s["best_top1_std"]),
+                         plus_minus(s["final_top1_mean"], s["final_top1_std"]),
+                         plus_minus(s["best_epoch_mean"], s["best_epoch_std"], 1), sec))
     return lines
 
 
@@ -134,8 +151,7 @@ def _against_baseline(baseline, comparisons):
         bd, bci = diff_text(comp["best"])
         v = verdict(comp["final"], "greater", 0.0)
         reading = {"holds": "higher", "contradicted": "lower"}.get(v, v)
-        lines.append(f"| {name} | {comp['final']['n']} | {fd} | {fci} | {bd} | {bci} | "
-                     f"final: {reading} |")
+        lines.append(row(name, comp["final"]["n"], fd, fci, bd, bci, f"final: {reading}"))
     return lines
 
 
@@ -151,9 +167,8 @@ def _claims(claims):
              "|---|---|---|---|---|---|---|---|---|"]
     for cname, c in claims.items():
         d, ci = diff_text(c["diff"])
-        lines.append(f"| {cname} | {c['a']} | {c['b']} | {c['metric']} | "
-                     f"{_direction_text(c)} | {c['diff']['n']} | {d} | {ci} | "
-                     f"**{c['verdict']}** |")
+        lines.append(row(cname, c["a"], c["b"], c["metric"], _direction_text(c), c["diff"]["n"],
+                         d, ci, f"**{c['verdict']}**"))
     lines.append("")
     for cname, c in claims.items():
         lines.append(f"- **{cname}**: {c['text']}")
@@ -173,6 +188,14 @@ def _method(stats, png_name):
         lines.append("- Not finished, left out: " + ", ".join(
             f"{name} seed {u['seed']} ({u['epochs_done']}/{u['epochs'] or '?'} epochs)"
             for name, u in missing))
+    damaged = [(s["name"], d) for s in stats for d in s["damaged"]]
+    if damaged:
+        lines.append("- Damaged, left out: " + "; ".join(
+            f"{name} seed {d['seed']} ({d['problem']})" for name, d in damaged))
+    not_finite = [(s["name"], v) for s in stats for v in s["not_finite"]]
+    if not_finite:
+        lines.append("- Not a finite number, left out of that statistic: " + ", ".join(
+            f"{name} seed {v['seed']} ({v['metric']} top-1)" for name, v in not_finite))
     return lines
 
 

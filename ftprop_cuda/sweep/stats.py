@@ -62,6 +62,10 @@ def t_quantile(p, df):
     return 0.5 * (lo + hi)
 
 
+def _finite(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def mean_std(values):
     """Mean and sample standard deviation (n - 1); the deviation is None for one value."""
     n = len(values)
@@ -74,8 +78,9 @@ def mean_std(values):
 
 
 def paired_difference(a, b, level=0.95):
-    """a - b over the seeds both have ({seed: value} each): mean and t confidence interval."""
-    seeds = sorted(set(a) & set(b))
+    """a - b over the seeds both have with finite values ({seed: value} each): mean and t
+    confidence interval."""
+    seeds = sorted(s for s in set(a) & set(b) if _finite(a[s]) and _finite(b[s]))
     diffs = [a[s] - b[s] for s in seeds]
     mean, sd = mean_std(diffs)
     out = {"seeds": seeds, "n": len(seeds), "mean": mean, "std": sd, "lo": None, "hi": None}
@@ -90,7 +95,7 @@ def verdict(diff, direction, margin):
     a - b against the claim that a is greater / less / equal (within margin) / not worse
     (by more than margin) than b."""
     lo, hi = diff["lo"], diff["hi"]
-    if lo is None:
+    if not (_finite(lo) and _finite(hi)):
         return f"not testable ({diff.get('n', 0)} shared seeds; an interval needs 2)"
     if direction == "greater":
         holds, contra = lo > 0, hi < 0
