@@ -13,6 +13,28 @@ def no_double_backward():
         "(ftprop_cuda.lean(model, enabled=False)) to differentiate twice")
 
 
+def watch(t):
+    """A handle on t's version counter that keeps none of its memory: a detached alias (it shares
+    the counter) whose storage is replaced by an empty one. Every in-place change of t or of any
+    view of it, after t itself is gone too, shows in its _version."""
+    alias = t.detach()
+    try:
+        alias.data = t.new_empty(0)
+    except RuntimeError:  # a tensor type without an empty storage of its own: keep the alias
+        pass
+    return alias
+
+
+def modified_in_place(size, dtype, version, now, made_by, saved_by):
+    """Standard autograd's error for a saved tensor changed in place, naming the lean layers."""
+    return RuntimeError(
+        "one of the variables needed for gradient computation has been modified by an inplace "
+        f"operation: [{dtype} {list(size)}] is at version {now}; expected version {version} "
+        f"instead. ftprop_cuda lean memory mode: the output of layer {made_by or '(unnamed)'!r}"
+        f", saved by layer {saved_by or '(unnamed)'!r}, is rebuilt for the backward and was "
+        "changed in place after it was saved (standard autograd raises the same error)")
+
+
 class Entry:
     """A tensor produced in the forward that the backward can rebuild bitwise.
 
@@ -22,9 +44,9 @@ class Entry:
     """
 
     __slots__ = ("ref", "version", "geometry", "dtype", "device", "how", "inputs", "fn",
-                 "code", "code_fn", "uses", "cache", "__weakref__")
+                 "code", "code_fn", "uses", "cache", "layer", "__weakref__")
 
-    def __init__(self, t, how, inputs=(), fn=None, code_fn=None):
+    def __init__(self, t, how, inputs=(), fn=None, code_fn=None, layer=None):
         self.ref = weakref.ref(t)
         self.version = t._version
         self.geometry = (tuple(t.shape), tuple(t.stride()))
@@ -36,6 +58,7 @@ class Entry:
         self.code_fn = code_fn
         self.uses = 0
         self.cache = None
+        self.layer = layer    # the module that made the tensor, for error messages
 
     def alive_as(self, t):
         base = self.ref()
@@ -78,7 +101,9 @@ class Source:
         self.entry = registry.lookup(t)
         if self.entry is not None and t.shape == self.entry.geometry[0] \
                 and tuple(t.stride()) == self.entry.geometry[1]:
-            self.entry.uses += 1
+            # a code is taken now, while t holds the values the recipe reads (a residual add in
+            # place changes them next)
+            self.entry.prepare()
             self.tensor = None
         else:
             self.entry, self.tensor, self.version = None, t.detach(), t._version
@@ -98,16 +123,22 @@ class Source:
 
 
 class Rebuild:
-    """Saved in place of a view of an entry's tensor: the view's geometry over the rebuilt one."""
+    """Saved in place of a view of an entry's tensor: the view's geometry over the rebuilt one,
+    and its version (standard autograd's check: changed in place since, the unpack raises)."""
 
-    __slots__ = ("entry", "size", "stride", "offset", "requires_grad")
+    __slots__ = ("entry", "size", "stride", "offset", "requires_grad", "version", "watch",
+                 "layer")
 
-    def __init__(self, entry, t):
+    def __init__(self, entry, t, layer=None):
         self.entry = entry
         self.size, self.stride, self.offset = t.size(), t.stride(), t.storage_offset()
         self.requires_grad = t.requires_grad
+        self.version, self.watch, self.layer = t._version, watch(t), layer
 
     def unpack(self):
+        if self.watch._version != self.version:
+            raise modified_in_place(self.size, self.entry.dtype, self.version,
+                                    self.watch._version, self.entry.layer, self.layer)
         if torch.is_grad_enabled() and self.requires_grad:
             raise no_double_backward()
         base = self.entry.build()
