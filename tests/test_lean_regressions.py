@@ -207,3 +207,37 @@ def test_max_pool_one_element_tuple_arguments(kernel, stride, padding, dilation)
         return backward_sum(model(x), x)
 
     assert compare(Pool, step) is None
+
+
+# ---- fuzz findings (/work notes of the differential fuzzer) -------------------------------------
+@pytest.mark.parametrize("where", ["linear", "mul", "after_forward"])
+def test_fuzz_f1_inplace_change_of_a_tensor_lean_keeps_as_is(where):
+    """F1: tensors lean keeps unchanged lost autograd's version check (hooks bypass it)."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(5, 5)
+
+        def forward(self, x):
+            h = x * 1
+            if where == "linear":
+                h += self.lin(h)  # lin saved h for its weight gradient
+            elif where == "mul":
+                h = h * self.lin.weight[0]
+                h.mul_(2)  # does not change what mul saved (x * 1 and the weight row)
+                self.lin.weight.data.mul_(1)  # .data: not seen by autograd, not an error
+            else:
+                self.h = h
+                h = self.lin(h)
+            return h
+
+    def step(model):
+        x = _x(3)
+        out = model(x)
+        if where == "after_forward":
+            model.h.add_(1)
+        return backward_sum(out, x)
+
+    outcome = compare(M, step, layer="lin" if where != "mul" else None)
+    if where != "mul":
+        assert "modified by an inplace operation" in str(outcome[1])

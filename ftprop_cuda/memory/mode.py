@@ -16,7 +16,7 @@ from ..ops.observers import UnitObserver, observing
 from .codes import staircase_output_code, step_output_code
 from .pool import (LeanMaxPool2d, PoolIndices, ShapeOnly, codec_available, pool_backward_available,
                    pool_offset_bits, pool_params)
-from .records import Entry, Rebuild, Registry, Source
+from .records import Entry, Kept, Rebuild, Registry, Source
 
 
 def has_tangent(x):
@@ -195,7 +195,7 @@ class LeanContext(Registry, UnitObserver, TorchFunctionMode):
                 return token
         entry = self.lookup(t)
         if entry is None:
-            return t
+            return Kept(t, self.module)
         entry.prepare()
         self.note(entry.how)
         return Rebuild(entry, t, self.module)
@@ -204,7 +204,7 @@ class LeanContext(Registry, UnitObserver, TorchFunctionMode):
     def unpack(packed):
         if isinstance(packed, torch.Tensor):
             return packed
-        return packed.unpack()  # Rebuild, PoolIndices or ShapeOnly
+        return packed.unpack()  # Kept, Rebuild, PoolIndices or ShapeOnly
 
 
 def stands_aside():

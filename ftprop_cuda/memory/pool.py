@@ -7,9 +7,12 @@ from .records import modified_in_place, no_double_backward, watch
 
 
 def check_version(saved, version, size, dtype, layer):
-    """Standard autograd's in-place check of a tensor lean did not keep (saved: its watch)."""
+    """Standard autograd's in-place check of a max-pool input lean did not keep (saved: its
+    watch)."""
     if saved._version != version:
-        raise modified_in_place(size, dtype, version, saved._version, layer, layer)
+        raise modified_in_place(size, dtype, version, saved._version,
+                                f"the input of max-pool {layer or '(unnamed)'!r} (not kept) was "
+                                "changed in place after the forward")
 
 
 def _pair(v):

@@ -25,14 +25,37 @@ def watch(t):
     return alias
 
 
-def modified_in_place(size, dtype, version, now, made_by, saved_by):
-    """Standard autograd's error for a saved tensor changed in place, naming the lean layers."""
+def modified_in_place(size, dtype, version, now, detail):
+    """Standard autograd's error for a saved tensor changed in place, with lean's detail."""
     return RuntimeError(
         "one of the variables needed for gradient computation has been modified by an inplace "
         f"operation: [{dtype} {list(size)}] is at version {now}; expected version {version} "
-        f"instead. ftprop_cuda lean memory mode: the output of layer {made_by or '(unnamed)'!r}"
-        f", saved by layer {saved_by or '(unnamed)'!r}, is rebuilt for the backward and was "
-        "changed in place after it was saved (standard autograd raises the same error)")
+        f"instead. ftprop_cuda lean memory mode: {detail} (standard autograd raises the same "
+        "error; a change made through .data or outside autograd cannot be seen)")
+
+
+def rebuilt_detail(made_by, saved_by):
+    return (f"the output of layer {made_by or '(unnamed)'!r}, saved by layer "
+            f"{saved_by or '(unnamed)'!r}, is rebuilt for the backward and was changed in place "
+            "after it was saved")
+
+
+class Kept:
+    """A saved tensor lean keeps as it is, with its version: under saved-tensor hooks autograd
+    no longer checks it, so the unpack does (standard's error where it was changed in place)."""
+
+    __slots__ = ("tensor", "version", "layer")
+
+    def __init__(self, t, layer=None):
+        self.tensor, self.version, self.layer = t, t._version, layer
+
+    def unpack(self):
+        t = self.tensor
+        if t._version != self.version:
+            raise modified_in_place(t.shape, t.dtype, self.version, t._version,
+                                    f"a tensor saved by layer {self.layer or '(unnamed)'!r} "
+                                    "was changed in place after it was saved")
+        return t
 
 
 class Entry:
@@ -138,7 +161,8 @@ class Rebuild:
     def unpack(self):
         if self.watch._version != self.version:
             raise modified_in_place(self.size, self.entry.dtype, self.version,
-                                    self.watch._version, self.entry.layer, self.layer)
+                                    self.watch._version,
+                                    rebuilt_detail(self.entry.layer, self.layer))
         if torch.is_grad_enabled() and self.requires_grad:
             raise no_double_backward()
         base = self.entry.build()
