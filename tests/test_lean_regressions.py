@@ -241,3 +241,17 @@ def test_fuzz_f1_inplace_change_of_a_tensor_lean_keeps_as_is(where):
     outcome = compare(M, step, layer="lin" if where != "mul" else None)
     if where != "mul":
         assert "modified by an inplace operation" in str(outcome[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_staircase_codes_beyond_the_compiled_codec_round_trip(dtype):
+    """Over 510 steps the level code uses torch ops: bitwise for every level (colliding levels
+    of a low-precision dtype included), NaN and the clamped ends."""
+    from ftprop_cuda.memory.codes import staircase_levels, staircase_output_code
+
+    levels = staircase_levels(1000, -1.0, 1.0, dtype, torch.device("cpu"))
+    y = torch.cat([levels, levels.flip(0), torch.tensor([float("nan")], dtype=dtype)])
+    planes, decode = staircase_output_code(1000, -1.0, 1.0)(y)
+    out = decode(planes)
+    assert torch.equal(out.isnan(), y.isnan())
+    assert torch.equal(out[:-1], y[:-1])
