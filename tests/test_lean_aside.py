@@ -1,7 +1,7 @@
 """Issue 22: where lean mode stands aside (torch.jit.trace, forward-mode AD, enclosing
 saved-tensor hooks and checkpoints, disabled hooks) and the patterns next to the findings (threads,
 views, two consumers, nested lean, tied modules, retain_graph, dtype moves, no_grad forwards):
-each compared bitwise with the standard path through lean_harness. ~20 s on CPU."""
+each compared bitwise with the standard path through lean_harness. ~50 s on a loaded CPU."""
 import threading
 import time
 

@@ -1,6 +1,6 @@
 """Issue 22, "exact or loud": each finding of the issue as a named regression test. A model built
 twice from one seed runs standard and lean; outputs, every gradient and every buffer are bitwise
-equal, or both raise the same error class (lean's message also names its layer). ~15 s on CPU."""
+equal, or both raise the same error class (lean's message also names its layer). ~25 s on CPU."""
 import pytest
 import torch
 import torch.nn as nn
