@@ -255,3 +255,30 @@ def test_staircase_codes_beyond_the_compiled_codec_round_trip(dtype):
     out = decode(planes)
     assert torch.equal(out.isnan(), y.isnan())
     assert torch.equal(out[:-1], y[:-1])
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+def test_mixed_dtype_sum_across_an_autocast_region_feeding_a_unit_and_linear(inplace):
+    class Amp(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(2, 3, 3), nn.Conv2d(2, 3, 3)
+            self.bn = nn.BatchNorm2d(3)
+            self.a1, self.a2 = ftprop_cuda.Step("sste"), ftprop_cuda.Step("soft_hinge")
+            self.fc = nn.Linear(48, 3)
+
+        def forward(self, x):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                a = self.a1(self.conv1(x))           # bfloat16
+            b = self.bn(self.conv2(x))               # float32
+            if inplace:
+                b += a
+            else:
+                b = a + b
+            return self.fc(self.a2(b).flatten(1))
+
+    def step(model):
+        x = torch.randn(2, 2, 6, 6, requires_grad=True)
+        return backward_sum(model(x), x)
+
+    assert compare(Amp, step) is None
