@@ -26,6 +26,7 @@ _LAZY = {
     "lean_memory": ".memory",
     "lean_report": ".memory",
     "is_lean": ".memory",
+    "verify_lean": ".memory",
 }
 # submodule attribute -> the module it names
 _SUBMODULES = {

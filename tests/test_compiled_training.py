@@ -165,7 +165,7 @@ def test_compile_lean_trains_like_eager_and_checks_its_budget():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.MaxPool2d(2),
                                 ftprop_cuda.Step(), torch.nn.Flatten(), torch.nn.Linear(36, 3))
     x, y = torch.randn(5, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1])
-    compiled = compile_lean(model, backend="aot_eager")
+    compiled = compile_lean(model, backend="aot_eager", channels_last=True)
     loss = torch.nn.functional.cross_entropy(compiled(x), y)
     loss.backward()
     grads = [p.grad.clone() for p in model.parameters()]

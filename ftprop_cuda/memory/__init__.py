@@ -29,10 +29,14 @@ history to differentiate.
     mode.py     the torch-function mode and saved-tensor hooks; lean_memory()
     hooks.py    lean(), is_lean(), lean_report()
     compile.py  compile_lean(), params_channels_last()
+    verify.py   verify_lean(): one step standard and lean on a model, compared bitwise
 """
 from .compile import LEAN_COMPILE_BUDGET, compile_lean, params_channels_last
 from .hooks import is_lean, lean, lean_report
 from .mode import lean_memory
+from .verify import VerifyResult, verify_lean
+
+lean.verify = verify_lean  # ftprop_cuda.lean.verify(model, batch, loss_fn)
 
 __all__ = ["lean", "lean_memory", "lean_report", "is_lean", "compile_lean",
-           "params_channels_last", "LEAN_COMPILE_BUDGET"]
+           "params_channels_last", "LEAN_COMPILE_BUDGET", "verify_lean", "VerifyResult"]

@@ -55,9 +55,14 @@ def unpack_codes(planes, n, dtype=torch.int64):
 
 
 # ---- Unit outputs as level codes ---------------------------------------------------------------
-def level_codec(device):
-    """Whether the compiled level-code loops serve this device (CPU; elsewhere torch ops)."""
-    return device.type == "cpu" and has_cpu_kernel("_level_code_pack", "_level_code_unpack")
+MAX_CODEC_LEVELS = 511  # the compiled loops' limit (csrc/cpu/level_codes.cpp, kMaxLevels)
+
+
+def level_codec(device, levels=2):
+    """Whether the compiled level-code loops serve `levels` levels on this device (CPU, at most
+    MAX_CODEC_LEVELS levels; else torch ops, exact for any count)."""
+    return device.type == "cpu" and levels <= MAX_CODEC_LEVELS \
+        and has_cpu_kernel("_level_code_pack", "_level_code_unpack")
 
 
 def _row_major(shape, stride):
@@ -73,7 +78,7 @@ def _row_major(shape, stride):
 def _decoder(table, shape, stride):
     def decode(planes):
         n = math.prod(shape)
-        if level_codec(table.device):
+        if level_codec(table.device, table.numel() - 1):
             flat = torch.ops.ftprop_cuda._level_code_unpack(planes, table, n)
             if _row_major(shape, stride):
                 return flat.as_strided(shape, stride)
@@ -91,7 +96,7 @@ def _level_code(y, levels, torch_codes):
     torch_codes(y): the level indices computed with torch ops, for devices without the loops.
     """
     table = torch.cat([levels, levels.new_full((1,), math.nan)])
-    if level_codec(y.device):
+    if level_codec(y.device, levels.numel()):
         planes = torch.ops.ftprop_cuda._level_code_pack(y, levels)
     else:
         planes = pack_codes(torch_codes(y), code_bits(levels.numel() + 1))

@@ -3,26 +3,46 @@
 lean() installs forward hooks on the model that run its training forward under lean_memory()
 (mode.py), which registers the lean context with the ops' observer hook while it runs."""
 import contextlib
+import threading
 
 import torch
 
 from .mode import lean_memory
 
 
+class _Call(threading.local):
+    """One thread's lean forward of a model (threads run forwards of one model independently)."""
+    stack = None
+    depth = 0
+    ctx = None
+    calls = ()  # the modules being called, innermost last
+
+
 class LeanHooks:
     """Forward hooks that run a module's training forward under lean_memory().
 
     Only the model itself carries hooks. While a lean forward runs, two global module hooks
-    (removed when it ends) keep the name of the module being called, for lean_report."""
+    (removed when it ends) keep the name of the module being called, for lean_report. The state
+    of a running forward is per thread."""
 
     def __init__(self, model):
         self.names = {m: n or "(model)" for n, m in model.named_modules()}
         self.handles = []
-        self.stack = None
-        self.depth = 0
         self.report = {}
-        self.ctx = None
-        self.calls = []  # the modules being called, innermost last
+        self.local = _Call()
+
+    def __getstate__(self):  # copy.deepcopy(model): a fresh per-thread state
+        state = dict(self.__dict__)
+        del state["local"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.local = _Call()
+
+    @property
+    def ctx(self):
+        return self.local.ctx
 
     def _start(self):
         """Enters lean_memory for the outermost call; the global naming hooks while it runs."""
@@ -36,32 +56,38 @@ class LeanHooks:
         stack.callback(nn_module.register_module_forward_pre_hook(self.sub_enter).remove)
         stack.callback(nn_module.register_module_forward_hook(
             self.sub_exit, always_call=True).remove)
-        self.stack, self.ctx, self.report, self.calls = stack, ctx, report, []
+        local = self.local
+        local.stack, local.ctx, local.calls = stack, ctx, []
+        self.report = report
 
     def enter(self, module, args):
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
             return
-        if self.depth == 0:
+        local = self.local
+        if local.depth == 0:
             self._start()
-        self.depth += 1
+        local.depth += 1
 
     def exit(self, module, args, output):
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
             return
-        self.depth -= 1
-        if self.depth == 0 and self.stack is not None:
-            stack, self.stack, self.ctx = self.stack, None, None
+        local = self.local
+        local.depth -= 1
+        if local.depth == 0 and local.stack is not None:
+            stack, local.stack, local.ctx = local.stack, None, None
             stack.close()
 
     def sub_enter(self, module, args):
-        if self.ctx is not None:
-            self.calls.append(self.names.get(module))
-            self.ctx.module = next((n for n in reversed(self.calls) if n), None)
+        local = self.local
+        if local.ctx is not None:
+            local.calls.append(self.names.get(module))
+            local.ctx.module = next((n for n in reversed(local.calls) if n), None)
 
     def sub_exit(self, module, args, output):
-        if self.ctx is not None and self.calls:
-            self.calls.pop()
-            self.ctx.module = next((n for n in reversed(self.calls) if n), None)
+        local = self.local
+        if local.ctx is not None and local.calls:
+            local.calls.pop()
+            local.ctx.module = next((n for n in reversed(local.calls) if n), None)
 
     def install(self, model):
         self.handles.append(model.register_forward_pre_hook(self.enter))

@@ -8,6 +8,7 @@ tensors, and a 2-D max-pool's indices and input.
 import contextlib
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
@@ -15,7 +16,14 @@ from ..ops.observers import UnitObserver, observing
 from .codes import staircase_output_code, step_output_code
 from .pool import (LeanMaxPool2d, PoolIndices, ShapeOnly, codec_available, pool_backward_available,
                    pool_offset_bits, pool_params)
-from .records import Entry, Rebuild, Registry, Source
+from .records import Entry, Kept, Rebuild, Registry, Source
+
+
+def has_tangent(x):
+    """Whether x is a dual tensor of forward-mode AD (lean's max-pool has no jvp: stand aside)."""
+    if getattr(fwAD, "_current_level", -1) < 0:
+        return False
+    return fwAD.unpack_dual(x).tangent is not None
 
 
 def _autocast_state(device_type):
@@ -36,6 +44,7 @@ def _autocast(device_type, enabled, dtype):
 
 _ADD = {torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__, torch.add}
 _IADD = {torch.Tensor.add_, torch.Tensor.__iadd__}
+_RECORDED = _ADD | _IADD | {F.batch_norm, F.max_pool2d}
 _BATCH_NORM_ARGS = ("input", "running_mean", "running_var", "weight", "bias", "training",
                     "momentum", "eps")
 
@@ -65,7 +74,8 @@ def _record_batch_norm(ctx, func, args, kwargs):
             with torch.no_grad(), _autocast(*autocast):
                 return F.batch_norm(xv, dummy_rm, dummy_rv, wv, bv, True, momentum, eps)
 
-        ctx.register(out, Entry(out, "batch-norm output recomputed", sources, recompute))
+        ctx.register(out, Entry(out, "batch-norm output recomputed", sources, recompute,
+                                layer=ctx.module))
     return out
 
 
@@ -74,13 +84,14 @@ def _record_max_pool(ctx, func, args, kwargs):
     if kwargs.get("return_indices") or (len(args) > 6 and args[6]):
         return func(*args, **kwargs)
     x, kernel, stride, padding, dilation, ceil_mode = pool_params(args, kwargs)
-    if x.dim() not in (3, 4) or not x.requires_grad:
+    if x.dim() not in (3, 4) or not x.requires_grad or has_tangent(x):
         return func(*args, **kwargs)
     bits = pool_offset_bits(kernel, dilation, x.shape[-1])
     if bits is not None and pool_backward_available(x):
         ctx.note(f"max-pool keeps {bits}-bit window offsets, read by its backward "
                  "(no input, no indices)")
-        return LeanMaxPool2d.apply(x, kernel, stride, padding, dilation, ceil_mode, bits)
+        return LeanMaxPool2d.apply(x, kernel, stride, padding, dilation, ceil_mode, bits,
+                                   ctx.module)
     ctx.pool = (x, (kernel, stride, padding, dilation), bits)
     try:
         return func(*args, **kwargs)
@@ -93,6 +104,8 @@ def _record_add(ctx, func, args, kwargs):
     if len(args) != 2 or kwargs or not all(isinstance(a, torch.Tensor) for a in args):
         return func(*args, **kwargs)
     a, b = args
+    if a.dtype != b.dtype or a.device != b.device:  # a promoted sum, rounded back in place
+        return func(*args, **kwargs)
     ea, eb = ctx.lookup(a), ctx.lookup(b)
     if ea is None or eb is None:
         return func(*args, **kwargs)
@@ -105,7 +118,8 @@ def _record_add(ctx, func, args, kwargs):
             with torch.no_grad(), _autocast(*autocast):
                 return av + bv
 
-        ctx.register(out, Entry(out, "residual sum recomputed", (sa, sb), recompute))
+        ctx.register(out, Entry(out, "residual sum recomputed", (sa, sb), recompute,
+                                layer=ctx.module))
     else:  # release the uses taken above
         for s in (sa, sb):
             if s.entry is not None:
@@ -125,12 +139,13 @@ class LeanContext(Registry, UnitObserver, TorchFunctionMode):
     # units (announced by ftprop_cuda.ops.functional) -------------------------------------
     def unit(self, z, y, forward, code_fn, kept_z):
         """y = forward(z) of a unit; kept_z: the unit's backward keeps z itself."""
-        if not y.requires_grad or y.storage_offset() != 0:
+        if not y.requires_grad or y.storage_offset() != 0 or not self.hooks_on_top():
             return
         if kept_z:
-            entry = Entry(y, "unit output rebuilt from z", (Source(self, z),), forward)
+            entry = Entry(y, "unit output rebuilt from z", (Source(self, z),), forward,
+                          layer=self.module)
         else:
-            entry = Entry(y, "unit output kept as a code", code_fn=code_fn)
+            entry = Entry(y, "unit output kept as a code", code_fn=code_fn, layer=self.module)
         self.register(y, entry)
 
     def step_unit(self, z, y, rebuild, zero_one, kept_z):
@@ -140,8 +155,17 @@ class LeanContext(Registry, UnitObserver, TorchFunctionMode):
         self.unit(z, y, rebuild, staircase_output_code(steps, lo, hi), kept_z)
 
     # torch-function mode ------------------------------------------------------------------
+    def hooks_on_top(self):
+        """Whether lean's saved-tensor hooks are the innermost ones: inside a region with its
+        own hooks (a non-reentrant checkpoint, save_on_cpu, a user's pack) lean records
+        nothing, and the tensors saved there go to those hooks as in the standard path."""
+        top = torch._C._autograd._top_saved_tensors_default_hooks(False)
+        return top is not None and top[0] == self.pack
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func not in _RECORDED or not self.hooks_on_top():
+            return func(*args, **kwargs)
         if func is F.batch_norm:
             return _record_batch_norm(self, func, args, kwargs)
         if func is F.max_pool2d:
@@ -161,7 +185,7 @@ class LeanContext(Registry, UnitObserver, TorchFunctionMode):
         if t.shape == x.shape and t.untyped_storage().data_ptr() == \
                 x.untyped_storage().data_ptr():
             self.note("max-pool input not kept (its backward reads only the shape)")
-            return ShapeOnly(t)
+            return ShapeOnly(t, self.module)
         return None
 
     def pack(self, t):
@@ -171,27 +195,41 @@ class LeanContext(Registry, UnitObserver, TorchFunctionMode):
                 return token
         entry = self.lookup(t)
         if entry is None:
-            return t
+            return Kept(t, self.module)
         entry.prepare()
         self.note(entry.how)
-        return Rebuild(entry, t)
+        return Rebuild(entry, t, self.module)
 
     @staticmethod
     def unpack(packed):
         if isinstance(packed, torch.Tensor):
             return packed
-        return packed.unpack()  # Rebuild, PoolIndices or ShapeOnly
+        return packed.unpack()  # Kept, Rebuild, PoolIndices or ShapeOnly
+
+
+def stands_aside():
+    """Whether a forward starting now runs as in the standard mode: under torch.compile,
+    torch.jit.trace, torch.func transforms or forward-mode AD, where grad mode is off, inside
+    saved-tensor hooks someone else set (a checkpoint, save_on_cpu, allow_mutation_on_saved_
+    tensors, a nested lean forward's are its own) or where they are disabled."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or not torch.is_grad_enabled():
+        return True
+    if torch._C._are_functorch_transforms_active() or getattr(fwAD, "_current_level", -1) >= 0:
+        return True
+    if not torch._C._autograd._saved_tensors_hooks_is_enabled():
+        return True
+    top = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    return top is not None and not isinstance(getattr(top[0], "__self__", None), LeanContext)
 
 
 @contextlib.contextmanager
 def lean_memory(report=None):
     """Runs a training forward in lean memory mode (see ftprop_cuda.memory).
 
-    A no-op under torch.compile, under torch.func transforms and where grad mode is off.
+    A no-op where it stands aside (see stands_aside): the forward is then the standard one.
     report: a dict to receive, per module, what was made lean.
     """
-    if (torch.compiler.is_compiling() or not torch.is_grad_enabled()
-            or torch._C._are_functorch_transforms_active()):
+    if stands_aside():
         yield None
         return
     ctx = LeanContext(report)

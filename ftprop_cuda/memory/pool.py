@@ -3,11 +3,23 @@
 import torch
 
 from ..ops.extension import KERNEL_DEVICES, LOADED, has_cpu_kernel
-from .records import no_double_backward
+from .records import modified_in_place, no_double_backward, watch
+
+
+def check_version(saved, version, size, dtype, layer):
+    """Standard autograd's in-place check of a max-pool input lean did not keep (saved: its
+    watch)."""
+    if saved._version != version:
+        raise modified_in_place(size, dtype, version, saved._version,
+                                f"the input of max-pool {layer or '(unnamed)'!r} (not kept) was "
+                                "changed in place after the forward")
 
 
 def _pair(v):
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    """(v, v) for a number or a one-element sequence (ATen accepts both), else tuple(v)."""
+    if isinstance(v, (tuple, list)):
+        return (v[0], v[0]) if len(v) == 1 else tuple(v)
+    return (v, v)
 
 
 def pool_params(args, kwargs):
@@ -55,11 +67,12 @@ class LeanMaxPool2d(torch.autograd.Function):
     are bitwise the standard path's (csrc/cpu/pool_offsets.cpp)."""
 
     @staticmethod
-    def forward(ctx, x, kernel, stride, padding, dilation, ceil_mode, bits):
+    def forward(ctx, x, kernel, stride, padding, dilation, ceil_mode, bits, layer=None):
         out, idx = torch.ops.aten.max_pool2d_with_indices.default(
             x, list(kernel), list(stride), list(padding), list(dilation), ceil_mode)
         ctx.args = (x.shape[-1], list(kernel), list(stride), list(padding), list(dilation), bits)
         ctx.input_size = list(x.shape)
+        ctx.watch = (watch(x), x._version, x.dtype, layer)
         ctx.save_for_backward(torch.ops.ftprop_cuda._pool_offsets_pack(idx, *ctx.args))
         return out
 
@@ -68,9 +81,11 @@ class LeanMaxPool2d(torch.autograd.Function):
         if torch.is_grad_enabled():
             raise no_double_backward()
         packed, = ctx.saved_tensors
+        saved, version, dtype, layer = ctx.watch
+        check_version(saved, version, ctx.input_size, dtype, layer)
         return (torch.ops.ftprop_cuda._pool_offsets_backward(grad, packed, ctx.input_size,
                                                              *ctx.args),
-                None, None, None, None, None, None)
+                None, None, None, None, None, None, None)
 
 
 class PoolIndices:
@@ -95,10 +110,12 @@ class PoolIndices:
 class ShapeOnly:
     """A max-pool's input: its backward reads the shape and layout, never the values."""
 
-    __slots__ = ("size", "stride", "dtype", "device")
+    __slots__ = ("size", "stride", "dtype", "device", "watch", "version", "layer")
 
-    def __init__(self, t):
+    def __init__(self, t, layer=None):
         self.size, self.stride, self.dtype, self.device = t.size(), t.stride(), t.dtype, t.device
+        self.watch, self.version, self.layer = watch(t), t._version, layer
 
     def unpack(self):
+        check_version(self.watch, self.version, self.size, self.dtype, self.layer)
         return torch.empty_strided(self.size, self.stride, dtype=self.dtype, device=self.device)

@@ -13,6 +13,51 @@ def no_double_backward():
         "(ftprop_cuda.lean(model, enabled=False)) to differentiate twice")
 
 
+def watch(t):
+    """A handle on t's version counter that keeps none of its memory: a detached alias (it shares
+    the counter) whose storage is replaced by an empty one. Every in-place change of t or of any
+    view of it, after t itself is gone too, shows in its _version."""
+    alias = t.detach()
+    try:
+        alias.data = t.new_empty(0)
+    except RuntimeError:  # a tensor type without an empty storage of its own: keep the alias
+        pass
+    return alias
+
+
+def modified_in_place(size, dtype, version, now, detail):
+    """Standard autograd's error for a saved tensor changed in place, with lean's detail."""
+    return RuntimeError(
+        "one of the variables needed for gradient computation has been modified by an inplace "
+        f"operation: [{dtype} {list(size)}] is at version {now}; expected version {version} "
+        f"instead. ftprop_cuda lean memory mode: {detail} (standard autograd raises the same "
+        "error; a change made through .data or outside autograd cannot be seen)")
+
+
+def rebuilt_detail(made_by, saved_by):
+    return (f"the output of layer {made_by or '(unnamed)'!r}, saved by layer "
+            f"{saved_by or '(unnamed)'!r}, is rebuilt for the backward and was changed in place "
+            "after it was saved")
+
+
+class Kept:
+    """A saved tensor lean keeps as it is, with its version: under saved-tensor hooks autograd
+    no longer checks it, so the unpack does (standard's error where it was changed in place)."""
+
+    __slots__ = ("tensor", "version", "layer")
+
+    def __init__(self, t, layer=None):
+        self.tensor, self.version, self.layer = t, t._version, layer
+
+    def unpack(self):
+        t = self.tensor
+        if t._version != self.version:
+            raise modified_in_place(t.shape, t.dtype, self.version, t._version,
+                                    f"a tensor saved by layer {self.layer or '(unnamed)'!r} "
+                                    "was changed in place after it was saved")
+        return t
+
+
 class Entry:
     """A tensor produced in the forward that the backward can rebuild bitwise.
 
@@ -22,9 +67,9 @@ class Entry:
     """
 
     __slots__ = ("ref", "version", "geometry", "dtype", "device", "how", "inputs", "fn",
-                 "code", "code_fn", "uses", "cache", "__weakref__")
+                 "code", "code_fn", "uses", "cache", "layer", "__weakref__")
 
-    def __init__(self, t, how, inputs=(), fn=None, code_fn=None):
+    def __init__(self, t, how, inputs=(), fn=None, code_fn=None, layer=None):
         self.ref = weakref.ref(t)
         self.version = t._version
         self.geometry = (tuple(t.shape), tuple(t.stride()))
@@ -36,6 +81,7 @@ class Entry:
         self.code_fn = code_fn
         self.uses = 0
         self.cache = None
+        self.layer = layer    # the module that made the tensor, for error messages
 
     def alive_as(self, t):
         base = self.ref()
@@ -78,7 +124,9 @@ class Source:
         self.entry = registry.lookup(t)
         if self.entry is not None and t.shape == self.entry.geometry[0] \
                 and tuple(t.stride()) == self.entry.geometry[1]:
-            self.entry.uses += 1
+            # a code is taken now, while t holds the values the recipe reads (a residual add in
+            # place changes them next)
+            self.entry.prepare()
             self.tensor = None
         else:
             self.entry, self.tensor, self.version = None, t.detach(), t._version
@@ -98,16 +146,23 @@ class Source:
 
 
 class Rebuild:
-    """Saved in place of a view of an entry's tensor: the view's geometry over the rebuilt one."""
+    """Saved in place of a view of an entry's tensor: the view's geometry over the rebuilt one,
+    and its version (standard autograd's check: changed in place since, the unpack raises)."""
 
-    __slots__ = ("entry", "size", "stride", "offset", "requires_grad")
+    __slots__ = ("entry", "size", "stride", "offset", "requires_grad", "version", "watch",
+                 "layer")
 
-    def __init__(self, entry, t):
+    def __init__(self, entry, t, layer=None):
         self.entry = entry
         self.size, self.stride, self.offset = t.size(), t.stride(), t.storage_offset()
         self.requires_grad = t.requires_grad
+        self.version, self.watch, self.layer = t._version, watch(t), layer
 
     def unpack(self):
+        if self.watch._version != self.version:
+            raise modified_in_place(self.size, self.entry.dtype, self.version,
+                                    self.watch._version,
+                                    rebuilt_detail(self.entry.layer, self.layer))
         if torch.is_grad_enabled() and self.requires_grad:
             raise no_double_backward()
         base = self.entry.build()

@@ -119,6 +119,9 @@ def _add_model_args(p):
                    help="what a training forward keeps for the backward: lean (default) rebuilds "
                         "unit outputs, batch-norm outputs and max-pool indices in the backward, "
                         "with bitwise-identical results; standard keeps what each layer saves")
+    m.add_argument("--verify-lean", action=argparse.BooleanOptionalAction, default=S,
+                   help="in lean mode, check on the first batch that it is bitwise the standard "
+                        "path (default); if not, train this run standard with a warning")
 
 
 def _add_data_args(p):

@@ -19,7 +19,7 @@ DEFAULTS = dict(
     epochs=3, batch_size=64, test_batch_size=256,
     opt="adam", lr=2.5e-4, momentum=0.9, weight_decay=5e-4, lr_decay=0.1, lr_decay_epochs=[],
     loss="crossent", seed=1, backend="auto", device="auto", workers=None,
-    compile=False, amp=False, diagnostics=False, memory="lean",
+    compile=False, amp=False, diagnostics=False, memory="lean", verify_lean=True,
 )
 # What a resumed or evaluated checkpoint's config must hold: key -> (types, description).
 _NONE, _NUM = type(None), (int, float)
@@ -37,7 +37,7 @@ CONFIG_TYPES = {
 }
 # What a --resume may change (the rest defines the run being continued); --eval also the data.
 RESUME_MUTABLE = {"epochs", "data_root", "download", "workers", "backend", "device", "compile",
-                  "amp", "diagnostics", "test_batch_size", "memory"}
+                  "amp", "diagnostics", "test_batch_size", "memory", "verify_lean"}
 EVAL_MUTABLE = RESUME_MUTABLE | {"dataset", "test_limit"}
 
 

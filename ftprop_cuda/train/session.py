@@ -5,6 +5,7 @@ import time
 from ..runs.names import LAST_FILE
 from . import optim
 from .errors import PROG, Diverged
+from .lean_check import check_lean
 from .loop import amp_context, epoch_metrics, make_loader, run_epoch
 from .outputs import TensorBoard, format_record, open_output_folder, write_config
 from .state import TrainState, build_net, load_state
@@ -52,6 +53,7 @@ def train(cfg, args, ckpt, d, say):
                                                  cfg["test_limit"])
         s = TrainState(cfg, args, ckpt, d, say, train_set, test_set, info)
         amp, loss_fn = amp_context(cfg, d.device, say), optim.output_loss(cfg["loss"])
+        check_lean(s, cfg, d, amp, loss_fn, say)
         if d.main:
             write_config(out, cfg, args, d, s, train_set, test_set)
             board = TensorBoard(out, args.tensorboard, s.start)

@@ -49,7 +49,9 @@ def _wrap(net, cfg, d):
 
     model = net
     lean_compile = cfg["compile"] and cfg.get("memory", "lean") == "lean"
-    if lean_compile and d.device.type == "cpu":  # before DDP records the parameters' layout
+    # compiled on the CPU, both memory modes store the convolution weights channels-last (no
+    # compiled copies kept; the same layout, so they train alike), before DDP records layouts
+    if cfg["compile"] and d.device.type == "cpu":
         from ..memory import params_channels_last
         params_channels_last(net)
     if d.world > 1:
