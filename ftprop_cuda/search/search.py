@@ -185,7 +185,7 @@ def search(X, Y, hidden, *, seed=0, steps=2000, lp_calls=None, seconds=None, res
         state = problem.evaluate(targets)
         run.offer(state)
         run.record(start, state)
-        reason = _one_start(run, state, beam, candidates, noise, patience, rng)
+        reason = _one_start(run, state, start, beam, candidates, noise, patience, rng)
         if reason is not None:
             stopped = reason
             break
