@@ -78,11 +78,13 @@ class _Run:
         self.history = []
         self.bar = _progress_bar(steps) if progress else None
 
-    def exhausted(self):
-        """The budget reached, or None."""
-        if self.max_steps is not None and self.steps >= self.max_steps:
+    def exhausted(self, evaluating=False):
+        """The budget reached, or None. evaluating: about to evaluate a state, which may take
+        one LP call per unit: the LP budget then needs room for all of them."""
+        if self.max_steps is not None and self.steps >= self.max_steps and not evaluating:
             return "steps"
-        if self.max_lp is not None and self.problem.lp_calls >= self.max_lp:
+        room = self.problem.units if evaluating else 1
+        if self.max_lp is not None and self.problem.lp_calls + room > self.max_lp:
             return "lp_calls"
         if self.max_seconds is not None and time.perf_counter() - self.t0 >= self.max_seconds:
             return "seconds"
@@ -118,7 +120,7 @@ def _expand(run, beam, visited, k, rng):
             key = b"".join(t.tobytes() for t in targets)
             if key in visited:
                 continue
-            if run.exhausted() is not None:
+            if run.exhausted(evaluating=True) is not None:
                 return None
             visited.add(key)
             child = run.problem.evaluate(targets, parent=state)
@@ -139,7 +141,7 @@ def _one_start(run, state, start, beam_width, k, noise, patience, rng):
             return reason
         new = _expand(run, beam, visited, k, rng)
         if new is None:
-            return run.exhausted()
+            return run.exhausted(evaluating=True)
         run.steps += 1
         order = sorted(range(len(new)), key=lambda i: new[i].score)  # stable: ties by order
         beam = [new[i] for i in order[:beam_width]]
@@ -157,7 +159,7 @@ def _one_start(run, state, start, beam_width, k, noise, patience, rng):
 
 
 def search(X, Y, hidden, *, seed=0, steps=2000, lp_calls=None, seconds=None, restarts=20,
-           beam=2, candidates=6, init="ftprop", fit="lp", rule="soft_hinge", backend="auto",
+           beam=1, candidates=3, init="ftprop", fit="lp", rule="soft_hinge", backend="auto",
            noise=0.1, patience=None, start_targets=None, progress=False):
     """Searches hidden targets of the sign network X -> hidden... -> Y (Y: m labels in +-1 or
     an m x K +-1 matrix, one-vs-rest) that make every unit's problem linearly separable.
@@ -170,7 +172,7 @@ def search(X, Y, hidden, *, seed=0, steps=2000, lp_calls=None, seconds=None, res
     """
     hidden = tuple(hidden)
     if patience is None:
-        patience = max(10, 2 * int(np.asarray(X).shape[0]))
+        patience = max(16, int(np.asarray(X).shape[0]) // 2)
     check_args(init, fit, steps, lp_calls, seconds, restarts, beam, candidates, noise, patience)
     if not hidden or any(isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1
                          for h in hidden):
@@ -180,6 +182,9 @@ def search(X, Y, hidden, *, seed=0, steps=2000, lp_calls=None, seconds=None, res
     rng = np.random.default_rng((int(seed), 0, 3))
     stopped, start = "restarts", 0
     for start in range(restarts):
+        if start > 0 and run.exhausted(evaluating=True) is not None:
+            stopped = run.exhausted(evaluating=True)
+            break
         targets = start_targets if start == 0 and start_targets is not None else \
             initial_targets(problem, init, seed, start, rule, backend)
         state = problem.evaluate(targets)

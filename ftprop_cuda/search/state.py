@@ -65,6 +65,11 @@ class Problem:
         return self.X.shape[0]
 
     @property
+    def units(self):
+        """Units in all (hidden and output): the most LP calls one state can take."""
+        return sum(self.hidden) + self.Y.shape[1]
+
+    @property
     def sizes(self):
         return (self.X.shape[1], *self.hidden, self.Y.shape[1])
 
