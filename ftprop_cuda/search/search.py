@@ -111,8 +111,9 @@ def _progress_bar(total):
     return tqdm(total=total, desc="search", leave=False)
 
 
-def _expand(run, beam, visited, k, rng):
-    """Evaluate the proposals of every beam state not visited before; None at a budget."""
+def _expand(run, beam, visited, k, rng, first=False):
+    """Evaluate the proposals of every beam state not visited before; None at a budget.
+    first: stop at the first proposal better than the beam's best (first improvement)."""
     new = []
     for state in beam:
         for move in mv.generate(state, k, rng):
@@ -126,10 +127,12 @@ def _expand(run, beam, visited, k, rng):
             child = run.problem.evaluate(targets, parent=state)
             run.offer(child)
             new.append(child)
+            if first and child.score < beam[0].score:
+                return new
     return new
 
 
-def _one_start(run, state, start, beam_width, k, noise, patience, rng):
+def _one_start(run, state, start, beam_width, k, noise, patience, rng, first=False):
     """Search from one start; returns the budget reached, 'feasible' or None (start over)."""
     beam, visited = [state], {state.key}
     best_here, stall, backtracked = state, 0, False
@@ -139,7 +142,7 @@ def _one_start(run, state, start, beam_width, k, noise, patience, rng):
         reason = run.exhausted()
         if reason is not None:
             return reason
-        new = _expand(run, beam, visited, k, rng)
+        new = _expand(run, beam, visited, k, rng, first)
         if new is None:
             return run.exhausted(evaluating=True)
         run.steps += 1
@@ -160,7 +163,7 @@ def _one_start(run, state, start, beam_width, k, noise, patience, rng):
 
 def search(X, Y, hidden, *, seed=0, steps=2000, lp_calls=None, seconds=None, restarts=20,
            beam=1, candidates=3, init="ftprop", fit="lp", rule="soft_hinge", backend="auto",
-           noise=0.1, patience=None, start_targets=None, progress=False):
+           noise=0.1, patience=None, first=True, start_targets=None, progress=False):
     """Searches hidden targets of the sign network X -> hidden... -> Y (Y: m labels in +-1 or
     an m x K +-1 matrix, one-vs-rest) that make every unit's problem linearly separable.
 
@@ -190,7 +193,7 @@ def search(X, Y, hidden, *, seed=0, steps=2000, lp_calls=None, seconds=None, res
         state = problem.evaluate(targets)
         run.offer(state)
         run.record(start, state)
-        reason = _one_start(run, state, start, beam, candidates, noise, patience, rng)
+        reason = _one_start(run, state, start, beam, candidates, noise, patience, rng, first)
         if reason is not None:
             stopped = reason
             break
