@@ -187,7 +187,12 @@ def main(argv=None):
     p.add_argument("--methods", nargs="+", default=["search", *METHODS],
                    choices=["search", *METHODS])
     p.add_argument("--only", nargs="+", metavar="TASK", help="only these task names")
+    p.add_argument("--seeds", type=int, metavar="N", help="seeds per task (default: the plan's)")
+    p.add_argument("--time-scale", type=float, default=1.0, metavar="F",
+                   help="multiply every per-seed time limit by F (default 1)")
     args = p.parse_args(argv)
+    if args.seeds is not None and args.seeds < 1 or not 0 < args.time_scale < float("inf"):
+        p.error("--seeds must be >= 1 and --time-scale a finite number > 0")
     torch.set_num_threads(1)
     fit_lp(np.eye(2), np.array([1.0, -1.0]))  # load scipy and HiGHS outside the timings
     plan = QUICK if args.quick else full_plan()
@@ -195,6 +200,8 @@ def main(argv=None):
         plan = [entry for entry in plan if entry[0] in args.only]
     env, rows, notes = environment(), [], []
     for name, make, seeds, seconds, restarts, opts in plan:
+        seeds = args.seeds or seeds
+        seconds = seconds * args.time_scale
         try:
             make(0)
         except Exception as exc:  # digits without scikit-learn: a note, not a crash

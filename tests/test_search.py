@@ -237,3 +237,33 @@ def test_cli_runs_and_writes_json(tmp_path):
     assert "parity3_h3: feasible=True" in proc.stdout
     data = json.loads(out.read_text())
     assert data["feasible"] and data["task"] == "parity3_h3" and data["history"]
+
+
+def test_tasks():
+    from ftprop_cuda.search.tasks import clumps, contiguity, make_task, symmetry
+
+    sym = symmetry(6, 2)
+    assert sym.X.shape == (64, 6) and int((sym.labels > 0).sum()) == 8  # 2^3 palindromes
+    con = contiguity(6, 6)
+    assert all(clumps(x) in (2, 3) for x in con.X)
+    assert clumps([1, -1, 1, 1, -1, 1]) == 3 and clumps([-1, 1, 1, -1, -1, -1]) == 1
+    assert set(con.labels) == {-1.0, 1.0}
+    p = planted(n=10, hidden=3, m=50, seed=0, flips=7)
+    teacher = planted(n=10, hidden=3, m=50, seed=0).teacher_targets[0]
+    assert int((p.teacher_targets[0] != teacher).sum()) == 7
+    result = search(p.X, p.Y, p.hidden, steps=0, start_targets=(teacher,))
+    assert result.feasible  # the teacher's own targets are feasible: the task is planted
+    with pytest.raises(ValueError, match="task must be one of"):
+        make_task("mnist")
+
+
+def test_digits_few_shot_task():
+    pytest.importorskip("sklearn")
+    from ftprop_cuda.search.tasks import digits
+
+    task = digits(1, seed=0)
+    assert task.X.shape == (10, 64) and sorted(task.labels.tolist()) == list(range(10))
+    assert task.Y.shape == (10, 10) and task.X_test.shape[1] == 64
+    result = search(task.X, task.Y, task.hidden, seed=0, lp_calls=2000)
+    assert result.feasible
+    assert 0.0 <= result.accuracy(task.X_test, task.labels_test) <= 1.0
