@@ -177,7 +177,7 @@ def test_backends_give_the_same_targets(backend):
 
 def test_budgets_are_results():
     task = parity(4, hidden=1)  # infeasible: the search never stops on its own
-    by_steps = search(task.X, task.Y, task.hidden, seed=0, steps=7)
+    by_steps = search(task.X, task.Y, task.hidden, seed=0, steps=7, progress=True)
     assert by_steps.stopped == "steps" and by_steps.steps == 7 and not by_steps.feasible
     assert len(by_steps.history) >= 8
     by_lp = search(task.X, task.Y, task.hidden, seed=0, lp_calls=40)

@@ -84,7 +84,8 @@ def build_parser():
     p.add_argument("--exhaustive", action="store_true",
                    help="enumerate every target set (examples x hidden units <= 20)")
     p.add_argument("--out", metavar="FILE.json", help="write the whole result as JSON")
-    p.add_argument("--progress", action="store_true", help="a progress bar (tqdm)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (default: a tqdm bar when stderr is a terminal)")
     return p
 
 
@@ -116,7 +117,8 @@ def run(args):
                         lp_calls=args.lp_calls, seconds=args.seconds, restarts=args.restarts,
                         beam=args.beam, candidates=args.candidates, noise=args.noise,
                         init=args.init, fit=args.fit, backend=args.backend,
-                        start_targets=start, progress=args.progress)
+                        start_targets=start,
+                        progress=not args.no_progress and sys.stderr.isatty())
     line = (f"{task.name}: feasible={result.feasible} violations={sum(result.violations)} "
             f"loss={result.loss:.6g} stopped={result.stopped} starts={result.starts} "
             f"steps={result.steps} lp_calls={result.lp_calls} seconds={result.seconds:.2f}")
