@@ -41,9 +41,9 @@ METHODS = {"ftp_sh": "soft_hinge", "sste": "sste", "ste": "ste"}
 
 # (task maker, seeds, seconds per seed, restarts, search keyword arguments)
 QUICK = [
-    ("parity4_h4", lambda s: T.parity(4, 4), 10, 20.0, 10, {}),
-    ("planted_n10_h3_k5", lambda s: T.planted(seed=s, flips=5), 3, 10.0, 10, {"teacher": True}),
-    ("symmetry6_h2", lambda s: T.symmetry(6, 2), 3, 10.0, 10, {}),
+    ("parity4_h4", lambda s: T.parity(4, 4), 10, 10.0, 10, {}),
+    ("planted_n10_h3_k5", lambda s: T.planted(seed=s, flips=5), 3, 5.0, 10, {"teacher": True}),
+    ("symmetry6_h2", lambda s: T.symmetry(6, 2), 2, 3.0, 10, {}),
 ]
 
 
