@@ -267,3 +267,19 @@ def test_digits_few_shot_task():
     result = search(task.X, task.Y, task.hidden, seed=0, lp_calls=2000)
     assert result.feasible
     assert 0.0 <= result.accuracy(task.X_test, task.labels_test) <= 1.0
+
+
+def test_direct_highs_and_linprog_solve_the_same_lp():
+    from ftprop_cuda.search import highs
+
+    if not highs.available():
+        pytest.skip("no direct HiGHS module")
+    rng = np.random.default_rng(4)
+    for m, n in [(16, 4), (40, 7), (9, 2)]:
+        A = rng.choice([-1.0, 1.0], size=(m, n)) if n != 7 else rng.standard_normal((m, n))
+        t = rng.choice([-1.0, 1.0], size=m)
+        a, b = fit_lp(A, t, solver="direct"), fit_lp(A, t, solver="linprog")
+        assert a.loss == pytest.approx(b.loss, abs=1e-7)
+        assert a.separable == b.separable
+    with pytest.raises(ValueError, match="solver must be one of"):
+        fit_lp(XOR_X, XOR_Y, solver="glpk")

@@ -76,11 +76,12 @@ def _result(A, t, w, b, lp_calls, loss=None):
                    lp_calls=lp_calls)
 
 
-def fit_lp(A, t):
-    """The exact hinge LP (HiGHS); loss 0 (<= LOSS_TOL, reported as 0) iff separable."""
+SOLVERS = ("auto", "direct", "linprog")
+
+
+def _linprog(A, t):
     from scipy.optimize import linprog
 
-    A, t = _check(A, t)
     m, n = A.shape
     c = np.concatenate([np.zeros(n + 1), np.ones(m)])
     a_ub = np.hstack([-(t[:, None] * A), -t[:, None], -np.eye(m)])
@@ -88,8 +89,22 @@ def fit_lp(A, t):
     res = linprog(c, A_ub=a_ub, b_ub=-np.ones(m), bounds=bounds, method="highs")
     if res.status != 0:
         raise RuntimeError(f"HiGHS failed on a hinge LP ({m} x {n}): {res.message}")
-    w, b = res.x[:n].copy(), float(res.x[n])
-    loss = float(res.fun)
+    return res.x[:n].copy(), float(res.x[n]), float(res.fun)
+
+
+def fit_lp(A, t, solver="auto"):
+    """The exact hinge LP (HiGHS); loss 0 (<= LOSS_TOL, reported as 0) iff separable.
+
+    solver: 'linprog' (scipy.optimize.linprog, method='highs'), 'direct' (HiGHS without
+    linprog's parsing, highs.py: the same LP, several times faster on small problems) or
+    'auto' (direct when it loads, else linprog)."""
+    from . import highs
+
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {', '.join(map(repr, SOLVERS))}; got {solver!r}")
+    A, t = _check(A, t)
+    direct = solver == "direct" or (solver == "auto" and highs.available())
+    w, b, loss = highs.hinge_lp(A, t) if direct else _linprog(A, t)
     z = A @ w + b
     if loss <= LOSS_TOL and np.all(t * z > 0):
         w, b = _scaled(A, t, w, b)  # margins within the tolerance of 1: make them >= 1 exactly
