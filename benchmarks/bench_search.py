@@ -158,16 +158,24 @@ def run_task(name, make, seeds, seconds, restarts, opts, methods):
     return rows
 
 
+def _kernel_loaded():
+    from ftprop_cuda.ops import extension
+
+    return "cpu" in extension.KERNEL_DEVICES
+
+
 def environment():
     return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
             "torch": torch.__version__, "python": platform.python_version(),
+            "step_backend": "kernel" if _kernel_loaded() else "reference",
             "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 
 def markdown(rows, env, mode, notes):
     lines = [f"bench_search ({mode}), {env['date']}; {env['machine']}; torch {env['torch']}; "
-             f"load average at the start {env['load_average']}", "",
+             f"step units: {env['step_backend']}; load average at the start "
+             f"{env['load_average']:.1f}", "",
              "| task | method | solved / seeds | median seconds | limit (s) x restarts | "
              "test accuracy |", "|---|---|---|---|---|---|"]
     for r in rows:
