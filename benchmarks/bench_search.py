@@ -190,7 +190,8 @@ def markdown(rows, env, mode, notes):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="two tasks, <= 5 minutes on 2 cores")
-    p.add_argument("--out", default=".", metavar="DIR", help="where the JSON and table go")
+    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"), metavar="DIR",
+                   help="where the JSON and table go (default benchmarks/results)")
     p.add_argument("--methods", nargs="+", default=["search", *METHODS],
                    choices=["search", *METHODS])
     p.add_argument("--only", nargs="+", metavar="TASK", help="only these task names")
