@@ -21,7 +21,7 @@ CACHE_LIMIT = 500_000
 
 @dataclass(frozen=True)
 class State:
-    """targets: tuple of m x n_l arrays (+-1 float64); fits[l][j] the UnitFit of unit j."""
+    """targets: tuple of m x n_l arrays (+-1 float64); `fits[l][j]` the UnitFit of unit j."""
     targets: tuple
     fits: tuple
     violations: tuple
