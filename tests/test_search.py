@@ -230,13 +230,16 @@ def test_cli_argument_errors_are_one_line_before_torch(args):
     assert "IMPORTED []" in proc.stdout
 
 
-def test_cli_runs_and_writes_json(tmp_path):
+def test_cli_runs_and_writes_json(tmp_path, capsys):
+    from ftprop_cuda.search.cli import main
+
     out = tmp_path / "r.json"
-    proc = _cli("parity", "--n", "3", "--lp-calls", "3000", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr
-    assert "parity3_h3: feasible=True" in proc.stdout
+    assert main(["parity", "--n", "3", "--lp-calls", "3000", "--out", str(out)]) == 0
+    assert "parity3_h3: feasible=True" in capsys.readouterr().out
     data = json.loads(out.read_text())
     assert data["feasible"] and data["task"] == "parity3_h3" and data["history"]
+    assert main(["parity", "--n", "2", "--hidden", "1", "--exhaustive"]) == 0
+    assert "feasible=False" in capsys.readouterr().out
 
 
 def test_tasks():
