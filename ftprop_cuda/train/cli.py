@@ -63,6 +63,7 @@ MAX_COUNT = 2**63 - 1
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes 64 bits; the samplers add the epoch to it
 MAX_WORKERS = 1024
 MAX_DIST_TIMEOUT = 7 * 24 * 3600.0
+MAX_RATE = 3.4028234663852886e38  # float32's largest: the weights' optimizer arithmetic
 
 
 def _int_in(low, high, what):
@@ -162,12 +163,13 @@ def _add_optimisation_args(p):
                    help="global batch size, split across processes (default: 64)")
     o.add_argument("--test-batch-size", type=_positive_int, default=S, help="(default: 256)")
     o.add_argument("--opt", choices=OPTIMIZERS, default=S, help="(default: adam)")
-    o.add_argument("--lr", type=_float_at_least(0, True), default=S, help="(default: 2.5e-4)")
-    o.add_argument("--momentum", type=_float_at_least(0, False), default=S,
+    o.add_argument("--lr", type=_float_at_least(0, True, MAX_RATE), default=S,
+                   help="(default: 2.5e-4)")
+    o.add_argument("--momentum", type=_float_at_least(0, False, MAX_RATE), default=S,
                    help="SGD momentum (default: 0.9)")
-    o.add_argument("--weight-decay", type=_float_at_least(0, False), default=S,
+    o.add_argument("--weight-decay", type=_float_at_least(0, False, MAX_RATE), default=S,
                    help="L2 weight decay (default: 5e-4)")
-    o.add_argument("--lr-decay", type=_float_at_least(0, True), default=S,
+    o.add_argument("--lr-decay", type=_float_at_least(0, True, MAX_RATE), default=S,
                    help="factor applied at each of --lr-decay-epochs (default: 0.1)")
     o.add_argument("--lr-decay-epochs", type=_epoch_list, nargs="*", default=S, metavar="E",
                    help="1-based epochs at whose start the rate is multiplied by --lr-decay")
