@@ -34,6 +34,12 @@ def _train_epoch(epoch, cfg, s, d, amp, loss_fn, bar, top5):
         kept = f"; {LAST_FILE} keeps epoch {epoch - 1}" if epoch > 1 else ""
         raise Diverged(f"the training loss is not finite at epoch {epoch}, {exc}: "
                        f"stopped (lower --lr?){kept}")
+    except RuntimeError as exc:
+        if "without overflow" not in str(exc):  # the optimizer's float arithmetic overflowed
+            raise
+        kept = f"; {LAST_FILE} keeps epoch {epoch - 1}" if epoch > 1 else ""
+        raise Diverged(f"the optimizer's update is not finite at epoch {epoch} (a rate "
+                       f"beyond float32's range): stopped (lower --lr?){kept}")
     s.scheduler.step()
     te = run_epoch(s.model, s.test_loader, loss_fn, d, amp)
     rec = s.record(epoch, lr, d.all_reduce(torch.cat([tr, te])).cpu(), d, top5)
