@@ -107,10 +107,12 @@ def test_metrics_never_hold_nan_or_infinity(tmp_path, monkeypatch):
             else loss(out, target) * float("inf")
 
     monkeypatch.setattr(optim, "output_loss", infinite_test_loss)
-    code, _, stderr = run(fast(*SMALL, "--epochs", "1", "--out", str(tmp_path)))
-    assert code == 0, stderr
-    (rec,) = strict_json_lines(tmp_path / "metrics.jsonl")
-    assert rec["test_loss"] is None and rec["train_loss"] > 0
+    # every number of an epoch is checked (issue 24, D18): an infinite test loss stops the run
+    # with exit 3 before the epoch is saved, as a non-finite training loss does
+    code, _, stderr = run(fast(*SMALL, "--epochs", "2", "--out", str(tmp_path)))
+    assert code == 3 and one_error_line(stderr), stderr
+    assert "the test loss is not finite at epoch 1: stopped" in stderr
+    assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "last.pt").exists()
     assert runs.dumps({"a": [float("nan"), -float("inf"), 1.5]}) == '{"a": [null, null, 1.5]}'
 
 

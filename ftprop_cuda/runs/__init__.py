@@ -2,9 +2,12 @@
 folder and its lock, checkpoints and their validation, random-number state.
 
     names.py       the run-folder and sweep-folder file names (config.json, metrics.jsonl, ...)
-    files.py       atomic(), write_text, write_json, dumps (no NaN), read_json, read/write_metrics
-    folder.py      usable_folder, create_unique_folder, RunLock, open_run_folder
-    checkpoint.py  CHECKPOINT_FORMAT, save_checkpoint, load_checkpoint, validate_checkpoint
+    files.py       atomic(), write_text, write_json, dumps (no NaN), read_json, read/write_metrics,
+                   remove_stale_temps (what a SIGKILL left), write_failure
+    folder.py      usable_folder, create_unique_folder, RunLock, run_files, open_run_folder
+    checkpoint.py  CHECKPOINT_FORMAT, save_checkpoint, load_checkpoint (zip CRCs verified),
+                   validate_checkpoint
+    faults.py      the kill hook of the recovery tests (FTPROP_KILL_AT, FTPROP_TRACE_WRITES)
     rng.py         rng_state, set_rng_state, seed_everything
     errors.py      RunIOError
 
@@ -17,9 +20,10 @@ import importlib
 _LAZY = {
     "RunIOError": ".errors",
     **dict.fromkeys(("atomic", "write_text", "json_safe", "dumps", "write_json", "read_json",
-                     "read_metrics", "write_metrics"), ".files"),
-    **dict.fromkeys(("usable_folder", "create_unique_folder", "RunLock", "open_run_folder"),
-                    ".folder"),
+                     "read_metrics", "write_metrics", "metrics_text", "temp_name",
+                     "remove_stale_temps", "write_failure"), ".files"),
+    **dict.fromkeys(("usable_folder", "create_unique_folder", "RunLock", "run_files",
+                     "open_run_folder"), ".folder"),
     **dict.fromkeys(("CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint",
                      "validate_checkpoint"), ".checkpoint"),
     **dict.fromkeys(("rng_state", "set_rng_state", "seed_everything"), ".rng"),

@@ -1,9 +1,12 @@
-"""Checkpoints: atomic saving, loading with a one-line reason when it fails, and validation of
-the keys and types a trainer checkpoint holds. torch is imported by the functions that need it.
+"""Checkpoints: atomic saving, loading with a one-line reason when it fails (the zip members'
+CRCs are verified first, so a damaged file is never loaded), and validation of the keys and
+types a trainer checkpoint holds. torch is imported by the functions that need it, after the
+file is found.
 """
 import numbers
 import os
 import zipfile
+import zlib
 
 from .errors import RunIOError
 from .files import atomic
@@ -16,7 +19,33 @@ RNG_KEYS = {"torch", "cuda", "python", "numpy"}
 def save_checkpoint(path, state):
     import torch
 
-    atomic(path, lambda tmp: torch.save(state, tmp))
+    def write(tmp):
+        # through a Python file: a full disk surfaces as OSError(ENOSPC), not as a C++ "enforce
+        # fail" (atomic names the file and the cause)
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+    atomic(path, write)
+
+
+def _zip_fault(path):
+    """Why the checkpoint's zip archive is damaged (a member failing its CRC-32 check, or an
+    unreadable member), or None when every member reads back whole."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                try:
+                    with archive.open(info) as member:
+                        while member.read(1 << 20):
+                            pass
+                except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    crc = "CRC" in first
+                    return (f"member {info.filename!r} " + ("fails its CRC-32 check"
+                            if crc else f"cannot be read ({first or type(exc).__name__})")
+                            + ": the file is damaged")
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        return f"the file is damaged ({str(exc).strip() or type(exc).__name__})"
+    return None
 
 
 def _describe_load_failure(path, exc):
@@ -104,12 +133,17 @@ def validate_checkpoint(path, ckpt, config_types, need_optimizer):
 
 
 def load_checkpoint(path, config_types, need_optimizer):
-    """A checkpoint the trainer wrote, validated; RunIOError naming the file and the fault."""
-    import torch
-
+    """A checkpoint the trainer wrote, verified (zip CRCs) and validated; RunIOError naming the
+    file and the fault."""
     if not os.path.isfile(path):
         why = "not a file" if os.path.exists(path) else "no such file"
         raise RunIOError(f"cannot read checkpoint {path}: {why}")
+    if zipfile.is_zipfile(path):
+        fault = _zip_fault(path)
+        if fault is not None:
+            raise RunIOError(f"cannot read checkpoint {path}: {fault}")
+    import torch
+
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any failure to load means "not a usable checkpoint"

@@ -1,4 +1,5 @@
-"""Run folders: creation (unique when not named) and the lock a run holds on its folder."""
+"""Run folders: creation (unique when not named), the lock a run holds on its folder, and the
+rule that a folder holding a run is written only by that run (or after an explicit overwrite)."""
 import datetime
 import errno
 import fcntl
@@ -6,7 +7,8 @@ import os
 import socket
 
 from .errors import RunIOError
-from .names import LOCK_FILE
+from .files import remove_stale_temps
+from .names import LAST_FILE, LOCK_FILE, RUN_FILES, TENSORBOARD_PREFIX
 
 
 def usable_folder(path):
@@ -74,12 +76,52 @@ class RunLock:
             self.fd = None
 
 
-def open_run_folder(out, default_parent, default_name):
+def run_files(folder):
+    """The files in folder that make it hold a run (config, metrics, checkpoints, curves,
+    TensorBoard events), sorted; [] for a missing or empty folder or one of unrelated files."""
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return []
+    return sorted(e for e in entries
+                  if (e in RUN_FILES or e.startswith(TENSORBOARD_PREFIX))
+                  and os.path.isfile(os.path.join(folder, e)))
+
+
+def _claim(path, continuing, overwrite):
+    """Under the lock: refuses a folder that holds another run (unless overwrite, which removes
+    that run's files), then removes the temporary files killed writers left."""
+    found = run_files(path)
+    if found and not continuing:
+        if not overwrite:
+            hint = (f"continue it with --resume {os.path.join(path, LAST_FILE)}, or "
+                    if LAST_FILE in found else "")
+            raise RunIOError(f"--out {path} already holds a run ({', '.join(found)}): "
+                             f"{hint}replace it with --overwrite, or choose another --out")
+        for name in found:
+            os.remove(os.path.join(path, name))
+    remove_stale_temps(path)
+
+
+def open_run_folder(out, default_parent, default_name, continuing=False, overwrite=False):
     """The locked run folder: `out` when given (checked writable), else a fresh unique folder
-    default_parent/default_name. Returns (path, RunLock); raises RunIOError in one line."""
-    if out:
+    default_parent/default_name. Returns (path, RunLock); raises RunIOError in one line.
+
+    A folder that already holds a run (run_files) is refused, unless continuing (it is the
+    folder of the run being resumed) or overwrite (that run's files are removed first, under
+    the lock). Unrelated files are left alone. Stale temporary files are removed."""
+    if out is not None:
         usable_folder(out)
         path = out
     else:
         path = create_unique_folder(default_parent, default_name)
-    return path, RunLock(path)
+    lock = RunLock(path)
+    try:
+        _claim(path, continuing, overwrite)
+    except OSError as exc:
+        lock.release()
+        raise RunIOError(f"--out {path}: cannot clear the folder ({exc.strerror})")
+    except BaseException:
+        lock.release()
+        raise
+    return path, lock

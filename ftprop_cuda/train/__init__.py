@@ -7,8 +7,9 @@
 Settings are resolved in this order: built-in defaults, then --preset, then (for --resume and
 --eval) the checkpoint's config, then the flags given on the command line. The output
 directory gets config.json, metrics.jsonl (one JSON object per epoch), last.pt, best.pt,
-curves.png and TensorBoard events; a run holds a lock on it. Exit codes: 0 done; 2 bad
-arguments or unusable files (one line on stderr); 3 the training loss stopped being finite;
+curves.png and TensorBoard events; a run holds a lock on it, and a folder holding another run
+is refused (--overwrite replaces it). Exit codes: 0 done; 2 bad arguments, unusable or
+unwritable files (one line on stderr); 3 a loss or metric stopped being finite;
 4 a distributed collective failed; 130 SIGINT; 143 SIGTERM.
 
     command.py      main: the entry point and its exit codes

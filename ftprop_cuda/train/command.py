@@ -11,6 +11,7 @@ from .cli import build_parser
 from .config import CONFIG_TYPES, resolve_config
 from .errors import (EXIT_DISTRIBUTED, EXIT_DIVERGED, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE,
                      PROG, Diverged, Terminated, UsageError)
+from .outputs import complete_finished, continues_in_place
 from .presets import format_presets
 
 
@@ -19,6 +20,17 @@ def _load_checkpoint(path, need_optimizer):
         return load_checkpoint(path, CONFIG_TYPES, need_optimizer)
     except RunIOError as exc:
         raise UsageError(str(exc))
+
+
+def _check_run_args(args):
+    """The run flags that cannot go together (torch-free)."""
+    if args.resume is not None and args.eval is not None:
+        raise UsageError("--resume and --eval cannot be combined")
+    if args.overwrite and args.eval is not None:
+        raise UsageError("--overwrite cannot be combined with --eval (which writes nothing)")
+    if args.overwrite and args.resume is not None and continues_in_place(args):
+        raise UsageError(f"--overwrite would remove the run --resume {args.resume} continues: "
+                         "give another --out, or leave --overwrite out")
 
 
 def _on_sigterm(signum, frame):
@@ -32,19 +44,17 @@ def _run(argv, say, run):
     if args.list_presets:
         print(format_presets())
         return 0
-    if args.resume and args.eval:
-        raise UsageError("--resume and --eval cannot be combined")
+    _check_run_args(args)
     ckpt, notes = None, []
-    if args.resume or args.eval:
+    if args.resume is not None or args.eval is not None:
         ckpt = _load_checkpoint(args.resume or args.eval, need_optimizer=bool(args.resume))
     cfg = resolve_config(args, ckpt, notes)  # without a checkpoint: before torch, bad flags fast
     for line in notes:
         say(line)
     if args.resume and ckpt["epoch"] == cfg["epochs"]:
-        # a finished run resumed again (a re-run sweep, say): nothing to train, nothing written
-        say(f"{PROG}: nothing to do: checkpoint {args.resume} is already at epoch "
-            f"{ckpt['epoch']} = --epochs; pass --epochs N > {ckpt['epoch']} to train on")
-        return 0
+        # a finished run resumed again (a re-run sweep, say): nothing to train; its metrics
+        # completed if a kill came right after its final checkpoint
+        return complete_finished(cfg, args, ckpt, say)
     from .distributed import init_distributed
     from .session import evaluate, train
 
@@ -70,7 +80,7 @@ def main(argv=None):
         previous = None
     try:
         return _run(argv, say, run)
-    except (UsageError, DataError) as exc:
+    except (UsageError, DataError, RunIOError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_USAGE
     except Diverged as exc:

@@ -1,5 +1,6 @@
-"""What a run writes besides checkpoints: its folder's name, config.json, the curves plot,
-TensorBoard scalars, and the per-epoch line."""
+"""What a run writes besides checkpoints: its folder (named, locked, never another run's),
+config.json, the curves plot, TensorBoard scalars, the per-epoch line, and the completion of a
+run stopped between its final checkpoint and its metrics."""
 import datetime
 import json
 import os
@@ -7,9 +8,10 @@ import sys
 import time
 
 from ..models import TORCHVISION_PREFIX
-from ..runs import RunIOError, atomic, dumps, open_run_folder, write_json
-from ..runs.names import CONFIG_FILE, DEFAULT_PARENT
-from .errors import UsageError
+from ..runs import (RunIOError, atomic, dumps, metrics_text, open_run_folder, write_json,
+                    write_text)
+from ..runs.names import CONFIG_FILE, CURVES_FILE, DEFAULT_PARENT, METRICS_FILE
+from .errors import PROG, UsageError
 
 
 def timestamp():
@@ -24,13 +26,57 @@ def default_name(cfg):
     return name.replace(TORCHVISION_PREFIX, "tv-")
 
 
+def checkpoint_folder(args):
+    """The folder of the checkpoint being resumed (None without --resume)."""
+    return os.path.dirname(os.path.abspath(args.resume)) if args.resume is not None else None
+
+
+def continues_in_place(args):
+    """Whether the run writes into the folder of the checkpoint it resumes (its own run)."""
+    own = checkpoint_folder(args)
+    return own is not None and (args.out is None or
+                                os.path.realpath(args.out) == os.path.realpath(own))
+
+
 def open_output_folder(cfg, args):
-    """The locked output folder, checked before any data is loaded: (path, RunLock)."""
-    out = args.out or (os.path.dirname(os.path.abspath(args.resume)) if args.resume else None)
+    """The locked output folder, checked before any data is loaded: (path, RunLock). A folder
+    that holds another run is refused unless --overwrite; stale temporary files are removed."""
+    out = args.out if args.out is not None else checkpoint_folder(args)
     try:
-        return open_run_folder(out, DEFAULT_PARENT, default_name(cfg))
+        return open_run_folder(out, DEFAULT_PARENT, default_name(cfg),
+                               continuing=continues_in_place(args), overwrite=args.overwrite)
     except RunIOError as exc:
         raise UsageError(str(exc))
+
+
+def complete_finished(cfg, args, ckpt, say):
+    """A resume with nothing left to train. When it resumes in place and a kill came between the
+    final epoch's last.pt and its metrics, writes the curves and metrics.jsonl from the
+    checkpoint's history (bitwise what the run would have written); else writes nothing."""
+    epoch = ckpt["epoch"]
+    done = (f"{PROG}: nothing to do: checkpoint {args.resume} is already at epoch {epoch} = "
+            f"--epochs; pass --epochs N > {epoch} to train on")
+    if not continues_in_place(args):
+        say(done)
+        return 0
+    out, lock = open_output_folder(cfg, args)
+    try:
+        text = metrics_text(ckpt["history"])
+        try:
+            with open(os.path.join(out, METRICS_FILE), encoding="utf-8") as f:
+                complete = f.read() == text
+        except (OSError, ValueError):
+            complete = False
+        if complete:
+            say(done)
+            return 0
+        plot_curves(os.path.join(out, CURVES_FILE), ckpt["history"])
+        write_text(os.path.join(out, METRICS_FILE), text)
+        say(f"{PROG}: checkpoint {args.resume} is at epoch {epoch} = --epochs, but the run was "
+            f"stopped before writing its metrics: {METRICS_FILE} and {CURVES_FILE} completed")
+        return 0
+    finally:
+        lock.release()
 
 
 def write_config(out, cfg, args, d, s, train_set, test_set):

@@ -1,4 +1,5 @@
 """The two things a run does: train (epochs, checkpoints, metrics) and evaluate a checkpoint."""
+import math
 import sys
 import time
 
@@ -34,10 +35,27 @@ def _train_epoch(epoch, cfg, s, d, amp, loss_fn, bar, top5):
         kept = f"; {LAST_FILE} keeps epoch {epoch - 1}" if epoch > 1 else ""
         raise Diverged(f"the training loss is not finite at epoch {epoch}, {exc}: "
                        f"stopped (lower --lr?){kept}")
+    except RuntimeError as exc:
+        if "without overflow" not in str(exc):  # the optimizer's float arithmetic overflowed
+            raise
+        kept = f"; {LAST_FILE} keeps epoch {epoch - 1}" if epoch > 1 else ""
+        raise Diverged(f"the optimizer's update is not finite at epoch {epoch} (a rate "
+                       f"beyond float32's range): stopped (lower --lr?){kept}")
     s.scheduler.step()
     te = run_epoch(s.model, s.test_loader, loss_fn, d, amp)
     rec = s.record(epoch, lr, d.all_reduce(torch.cat([tr, te])).cpu(), d, top5)
+    _check_finite(rec, epoch)
     return rec, began
+
+
+def _check_finite(rec, epoch):
+    """Diverged when any number of the epoch's record (test loss included) is not finite: the
+    epoch is not saved, so the files keep the previous one."""
+    bad = [k for k, v in rec.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        kept = f"; {LAST_FILE} keeps epoch {epoch - 1}" if epoch > 1 else ""
+        raise Diverged(f"the {bad[0].replace('_', ' ')} is not finite at epoch {epoch}: "
+                       f"stopped (lower --lr?){kept}")
 
 
 def train(cfg, args, ckpt, d, say):

@@ -29,13 +29,19 @@ def build_net(cfg, info, say):
     return net
 
 
+MAX_CAUSE = 600  # characters of a load_state_dict error kept in the one-line message
+
+
 def load_state(module, state, what, path):
     """module.load_state_dict(state), a mismatch reported as a UsageError naming the file."""
     try:
         module.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"checkpoint {path} does not fit this {what}: {first}")
+        # torch's message is a heading line and the causes below it: all of it, on one line
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if len(text) > MAX_CAUSE:
+            text = text[:MAX_CAUSE - 3].rstrip() + "..."
+        raise UsageError(f"checkpoint {path} does not fit this {what}: {text}")
 
 
 def _has_batch_norm(net):
@@ -114,7 +120,7 @@ class TrainState:
         else:
             say(f"{PROG}: note: checkpoint written by {len(rng)} processes, resuming with "
                 f"{d.world}: random streams are reseeded")
-            seed_everything(cfg["seed"] * 1000 + ckpt["epoch"] * 10 + d.rank)
+            seed_everything((cfg["seed"] * 1000 + ckpt["epoch"] * 10 + d.rank) % 2**63)
 
     def record(self, epoch, lr, sums, d, top5):
         rec = {"epoch": epoch, "lr": lr, **epoch_metrics(sums[:4], "train"),
@@ -150,5 +156,7 @@ class TrainState:
         save_checkpoint(os.path.join(out, LAST_FILE), {
             **state, "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "rng": rng})
-        write_metrics(out, self.history)
+        # the metrics last: a run whose metrics.jsonl holds its final epoch has every file
+        # written (a resume completes the curves and metrics of a run stopped before them)
         plot_curves(os.path.join(out, CURVES_FILE), self.history)
+        write_metrics(out, self.history)
