@@ -132,17 +132,19 @@ def cuda_decision(env, torch_version, torch_cuda, gpus, cuda_home, where,
 
 
 def cuda_codes(gencode_flags):
-    """What the -gencode flags put in the binary, in their order: "sm_80+sm_86+compute_90"
-    (the FTPROP_CUDA_CODES of csrc/cuda/arch_list.cu)."""
+    """What the -gencode flags put in the binary: "sm_80+sm_86+compute_90" (the
+    FTPROP_CUDA_CODES of csrc/cuda/arch_list.cu)."""
     codes = []
     for f in gencode_flags:
-        found = re.search(r"code=\[?([\w,]+)\]?", f)
+        found = re.search(r",code=\[?([\w,]+)\]?", f)
         for code in found.group(1).split(",") if found else ():
             if code not in codes:
                 codes.append(code)
     if not codes:
         raise BuildError(f"setup.py: no architecture in the CUDA flags {gencode_flags}")
-    return "+".join(codes)
+    # cubins first, then PTX, each by architecture: "sm_80+sm_90+compute_90"
+    return "+".join(sorted(codes, key=lambda c: (not c.startswith("sm_"),
+                                                 int(re.sub(r"\D", "", c) or 0))))
 
 
 def sources(*patterns):
