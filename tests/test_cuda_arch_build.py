@@ -87,7 +87,8 @@ def _decide(build, env, torch_cuda="13.0", gpus=0, home="/cuda", nvcc=True):
 def test_cuda_decision(build):
     assert _decide(build, {})[0] is True
     assert _decide(build, {"FORCE_CUDA": "1"})[0] is True
-    assert _decide(build, {"FORCE_ONLY_CPU": "1"}, gpus=1, nvcc=False) == (False, "FORCE_ONLY_CPU=1")
+    only_cpu = _decide(build, {"FORCE_ONLY_CPU": "1"}, gpus=1, nvcc=False)
+    assert only_cpu == (False, "FORCE_ONLY_CPU=1")
     assert _decide(build, {}, torch_cuda=None)[0] is False
     # no GPU, no nvcc, nothing forced: a CPU build, said in the build's log line
     with_cuda, why = _decide(build, {}, nvcc=False)
