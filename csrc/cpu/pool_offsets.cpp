@@ -56,7 +56,7 @@ struct PoolBody {
     uint8_t off[kPoolBlock];
     const int64_t kh = kKH ? kKH : g.kh, kw = kKW ? kKW : g.kw;
     const int64_t row = g.dh * g.in_w, sw = g.sw, dw = g.dw;
-    // index 0 outside its window: the escape code (pool_offsets.h), when the width has one
+    // index 0 outside its window: the escape code (pool_offsets.h), where the bits have one free
     const int64_t escape = pool_has_escape(g) ? kh * kw : -1;
     RowCursor at(e0, g);
     for (int64_t s = 0; s < len;) {
