@@ -30,10 +30,15 @@ rise of the process's peak resident set (VmHWM, reset through /proc/self/clear_r
 resident set at the step's start -- a lower bound, since the allocator reuses memory it kept.
 """
 import argparse
+import contextlib
 import os
 import sys
 import time
 import traceback
+
+# cuBLAS's deterministic mode (used by the checks below) needs a fixed workspace, read when its
+# first handle is made: set before any CUDA work, for every variant alike.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
@@ -207,6 +212,27 @@ def compare(loss, grads, ref_loss, ref_grads, kind):
     return "; ".join(problems) or None, figs
 
 
+@contextlib.contextmanager
+def deterministic(device):
+    """The checks' flags: on CUDA, cuDNN's deterministic algorithms without autotuning and
+    torch's deterministic implementations (warn_only: an op without one warns instead of
+    raising), so that lean = kernel can be asked bitwise; restored afterwards, so the timings run
+    with the usual flags. On the CPU the kernels are deterministic already."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[:2]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+
+
 def _first_step(fwd, model, x, y, device):
     t0 = time.perf_counter()
     torch.manual_seed(CHECK_SEED)
@@ -234,12 +260,13 @@ def bench_arch(args, arch, failures, log):
             continue
         log(f"{arch} batch {batch} {variant}: build and check")
         try:
-            if ref_loss is None:  # the eager reference's loss and gradients: the yardstick
-                ref_model, _, _ = build(arch, "ref", args, state)
-                ref_loss, ref_grads, _ = _first_step(ref_model, ref_model, x, y, args.device)
-                del ref_model
-            model, fwd, opt = build(arch, variant, args, state)
-            loss, grads, first_call_s = _first_step(fwd, model, x, y, args.device)
+            with deterministic(args.device):
+                if ref_loss is None:  # the eager reference's loss and gradients: the yardstick
+                    ref_model, _, _ = build(arch, "ref", args, state)
+                    ref_loss, ref_grads, _ = _first_step(ref_model, ref_model, x, y, args.device)
+                    del ref_model
+                model, fwd, opt = build(arch, variant, args, state)
+                loss, grads, first_call_s = _first_step(fwd, model, x, y, args.device)
             kind = "compiled" if variant.endswith("compiled") else "eager"
             problem, figs = compare(loss, grads, ref_loss, ref_grads, kind)
             if problem is None and variant in ("kernel", "kernel_lean"):

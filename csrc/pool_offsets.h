@@ -5,6 +5,13 @@
 // ih = oh * sH - pH + kh * dH and iw = ow * sW - pW + kw * dW: ceil(log2(KH KW)) bits, stored
 // here in `bits` in {1, 2, 4, 8} bits (8 / bits offsets per byte, element k of byte j at bit
 // (k % (8 / bits)) * bits). Elements are in the logical row-major order of the index tensor.
+//
+// One index may lie outside its window: ATen's channels-last CUDA max-pool starts every window's
+// index at 0 and moves it only for a value > -inf or NaN, so an all -inf window keeps index 0,
+// the plane's first position, wherever the window is. The code KH KW (one past the window's last
+// offset, free whenever KH KW < 2^bits: ftprop_cuda/memory/pool.py gives such windows the spare
+// code where the device and layout can produce them) stands for exactly that: index 0 outside
+// the window. Other indices outside their window do not occur (no ATen kernel makes them).
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -32,6 +39,14 @@ C10_HOST_DEVICE inline uint8_t offset_of_delta(int64_t d, const PoolGeometry& g)
   return static_cast<uint8_t>(kh * g.kw + kw);
 }
 
+// The escape code: index 0 outside its window; >= 2^bits (never stored) when the window fills the
+// code's range.
+C10_HOST_DEVICE inline int64_t pool_escape_code(const PoolGeometry& g) { return g.kh * g.kw; }
+
+C10_HOST_DEVICE inline bool pool_has_escape(const PoolGeometry& g) {
+  return g.kh * g.kw < (int64_t{1} << g.bits);
+}
+
 C10_HOST_DEVICE inline int64_t window_origin(int64_t oh, int64_t ow, const PoolGeometry& g) {
   return (oh * g.sh - g.ph) * g.in_w + (ow * g.sw - g.pw);
 }
@@ -41,13 +56,21 @@ C10_HOST_DEVICE inline int64_t delta_of_offset(uint8_t offset, const PoolGeometr
   return kh * g.dh * g.in_w + (offset - kh * g.kw) * g.dw;
 }
 
+// The stored code of index `index` of element e: its offset, or the escape code for index 0
+// outside the window (the offset's delta differs from the index's exactly then).
 C10_HOST_DEVICE inline uint8_t pool_offset_of(int64_t index, int64_t e, const PoolGeometry& g) {
   const int64_t ow = e % g.out_w;
   const int64_t oh = (e / g.out_w) % g.out_h;
-  return offset_of_delta(index - window_origin(oh, ow, g), g);
+  const int64_t d = index - window_origin(oh, ow, g);
+  const uint8_t offset = offset_of_delta(d, g);
+  const bool escape = index == 0 && delta_of_offset(offset, g) != d && pool_has_escape(g);
+  return escape ? static_cast<uint8_t>(pool_escape_code(g)) : offset;
 }
 
 C10_HOST_DEVICE inline int64_t pool_index_of(uint8_t offset, int64_t e, const PoolGeometry& g) {
+  if (offset == pool_escape_code(g)) {
+    return 0;
+  }
   const int64_t ow = e % g.out_w;
   const int64_t oh = (e / g.out_w) % g.out_h;
   return window_origin(oh, ow, g) + delta_of_offset(offset, g);

@@ -21,6 +21,11 @@ What it does not cover:
   exp/tanh approximations and c10's conversions, so the smooth rules' backward on a real GPU may
   differ from these results by the last few bits (the forward does not call them);
 - nvcc's code generation itself (--fmad=false, register pressure, unrolling).
+
+The max-pool offset codec of csrc/cuda/pool_offsets.cu runs here too: its host code and kernel
+bodies (csrc/cuda/pool_kernels.h) on the emulated launcher, and the CUDA-only device functions
+of csrc/pool_offsets.h (offset_of_delta, pool_offset_of, pool_index_of, through pack_pool_byte
+and unpack_pool_index) one by one, against the CPU codec and a Python oracle.
 """
 import math
 import pathlib
@@ -31,6 +36,7 @@ import torch
 import ftprop_cuda  # noqa: F401  (loads the CPU kernels: torch.ops.ftprop_cuda.*)
 
 from helpers import G_BOUNDARY, Z_STEP, assert_same_bits, staircase_boundary
+from test_pool_escape import POOLS, cuda_like_indices
 
 CSRC = pathlib.Path(__file__).resolve().parent.parent / "csrc"
 # The CPU kernels' floating-point flags (setup.py): no contraction into fused multiply-adds, so
@@ -231,3 +237,105 @@ def test_empty_tensors_launch_nothing(emu):
     assert y.shape == (0, 3) and code.shape == (0,)
     assert emu.stats()[0] == 0
 
+
+
+# ---- the max-pool offset codec of csrc/cuda/pool_offsets.cu --------------------------------------
+def _pool_case(pool, layout, seed=0):
+    """(x, CUDA-like indices, codec args) for a pool: indices as ATen's channels-last CUDA kernel
+    returns them (index 0 for all -inf windows), on a 3-D, contiguous or channels-last input."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 3, 11, 9, generator=gen)
+    x[0, 0] = -math.inf
+    x[1, 1, 4:, 3:] = -math.inf
+    x[1, 2, :3] = math.nan
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "3d":
+        x = x[1]
+    idx, _ = cuda_like_indices(x, pool)
+    kernel, stride, padding, dilation, _ = pool
+    bits = next(b for b in (1, 2, 4, 8) if kernel[0] * kernel[1] + 1 <= 1 << b)
+    return x, idx, (x.shape[-1], list(kernel), list(stride), list(padding), list(dilation), bits)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "3d"])
+@pytest.mark.parametrize("pool", POOLS)
+def test_pool_codec_matches_cpu(emu, pool, layout):
+    """pool_offsets.cu's pack and unpack: bytes identical to the CPU codec's, indices back
+    exactly (index 0 outside its window included), every byte and index written once."""
+    cpu = _cpu_ops_or_skip()
+    _, idx, args = _pool_case(pool, layout)
+    for grid in ("real_1sm", "1x32", "3x7"):
+        _configure(emu, grid)
+        packed = emu._pool_offsets_pack(idx, *args)
+        _assert_codes_equal(packed, cpu._pool_offsets_pack(idx, *args))
+        out = emu._pool_offsets_unpack(packed, list(idx.shape), *args)
+        assert torch.equal(out, idx.contiguous())
+        assert torch.equal(cpu._pool_offsets_unpack(packed, list(idx.shape), *args), out)
+        launches, *_, writes, guards = emu.stats()
+        assert launches == 2 and writes == packed.numel() + idx.numel() and guards == 2
+
+
+def _oracle_offset(d, kernel, dilation, in_w):
+    """offset_of_delta by division: d = kh * dH * in_w + kw * dW."""
+    kh, rem = divmod(d, dilation[0] * in_w)
+    return kh * kernel[1] + rem // dilation[1]
+
+
+def _clamped_offset(d, kernel, dilation, in_w):
+    """offset_of_delta's answer by its definition: kh and kw counted by comparisons (outside the
+    window they clamp into it)."""
+    row = dilation[0] * in_w
+    kh = sum(d >= j * row for j in range(1, kernel[0]))
+    rem = d - kh * row
+    kw = sum(rem >= j * dilation[1] for j in range(1, kernel[1]))
+    return kh * kernel[1] + kw
+
+
+def _delta(offset, kernel, dilation, in_w):
+    kh, kw = divmod(offset, kernel[1])
+    return kh * dilation[0] * in_w + kw * dilation[1]
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_pool_codec_device_functions(emu, pool):
+    """offset_of_delta, pool_offset_of and pool_index_of, as the CUDA kernels call them, on
+    every position of every window, and on index 0 for every window (the escape code where the
+    window does not hold it)."""
+    kernel, stride, padding, dilation, _ = pool
+    in_w, size = 9, [2, 5, 4]
+    bits = next(b for b in (1, 2, 4, 8) if kernel[0] * kernel[1] + 1 <= 1 << b)
+    escape = kernel[0] * kernel[1]
+    rows, expected, escapes = [], [], 0
+    for e in range(size[1] * size[2]):
+        oh, ow = divmod(e, size[2])
+        origin = (oh * stride[0] - padding[0]) * in_w + ow * stride[1] - padding[1]
+        for offset in range(kernel[0] * kernel[1]):
+            d = _delta(offset, kernel, dilation, in_w)
+            rows += [d, origin + d, e, offset]
+            expected += [offset, offset, origin + d]
+        # index 0: inside the window exactly when the clamped offset's delta is -origin
+        clamped = _clamped_offset(-origin, kernel, dilation, in_w)
+        inside = _delta(clamped, kernel, dilation, in_w) == -origin
+        escapes += not inside
+        rows += [-origin, 0, e, escape]
+        expected += [clamped, clamped if inside else escape, 0]
+    assert escapes > 0
+    got = emu.pool_codec_functions(size, in_w, list(kernel), list(stride), list(padding),
+                                   list(dilation), bits, rows)
+    assert got == expected
+
+
+def test_pool_codec_checks_before_the_guard(emu):
+    _configure(emu, "real_1sm")
+    idx = torch.zeros(1, 2, 2, dtype=torch.int64)
+    args = (4, [2, 2], [2, 2], [0, 0], [1, 1])
+    with pytest.raises(RuntimeError, match="bits must be 1, 2, 4 or 8"):
+        emu._pool_offsets_pack(idx, *args, 3)
+    with pytest.raises(RuntimeError, match="indices must be int64"):
+        emu._pool_offsets_pack(idx.float(), *args, 4)
+    with pytest.raises(RuntimeError, match="packed has 3 bytes, expected 2"):
+        emu._pool_offsets_unpack(torch.zeros(3, dtype=torch.uint8), [1, 2, 2], *args, 4)
+    assert emu.stats()[6] == 1  # only the unpack got as far as its guard (then the size check)
+    with pytest.raises(RuntimeError, match="emulated device guard"):
+        emu._pool_offsets_pack(idx.to("meta"), *args, 4)

@@ -228,14 +228,36 @@ def test_cuda_larger_than_one_grid(rule):
 
 
 @pytest.mark.needs_cuda
-def test_cuda_device_guard():
+@pytest.mark.parametrize("op", ["step", "staircase"])
+def test_cuda_device_guard(op):
+    """A tensor on the second GPU while the first is current: every kernel (forward, backward,
+    saved-state forward and backward) must run on the tensor's device."""
     if torch.cuda.device_count() < 2:
-        pytest.skip("needs two GPUs")
+        pytest.skip(f"needs two GPUs, {torch.cuda.device_count()} visible: a tensor on a device "
+                    "that is not the current one is the case this test is about")
+    assert torch.cuda.current_device() == 0
     z = torch.randn(1000, device="cuda:1", requires_grad=True)
-    y = ftprop_cuda.step(z, backend="kernel")
-    y.backward(torch.ones_like(y))
-    assert y.device == z.device and z.grad.device == z.device
-    assert_same_bits(y, ref.step_forward(z.detach()))
+    g = torch.randn(1000, device="cuda:1")
+    if op == "step":
+        y = ftprop_cuda.step(z, backend="kernel")
+        expected = ref.step_forward(z.detach())
+        y_saved, state = torch.ops.ftprop_cuda._step_saved(z.detach(), "sste", False, True)
+        back = torch.ops.ftprop_cuda._step_backward_saved(g, state, "sste", False, True)
+        back_ref = ref.step_backward(g, z.detach(), "sste")
+    else:
+        y = ftprop_cuda.staircase(z, steps=3, lo=0.0, hi=1.0, backend="kernel")
+        expected = ref.staircase_forward(z.detach(), 3, 0.0, 1.0)
+        y_saved, state = torch.ops.ftprop_cuda._staircase_saved(z.detach(), 3, 0.0, 1.0,
+                                                                "saturated_hinge", True)
+        back = torch.ops.ftprop_cuda._staircase_backward_saved(g, state, 3, 0.0, 1.0,
+                                                               "saturated_hinge", True)
+        back_ref = ref.staircase_backward(g, z.detach(), 3, 0.0, 1.0, "saturated_hinge")
+    y.backward(g)
+    assert y.device == z.device and z.grad.device == z.device and state.device == z.device
+    assert_same_bits(y, expected)
+    assert_same_bits(y_saved, expected)
+    assert_backward_close(back, back_ref)
+    assert torch.cuda.current_device() == 0
 
 
 @pytest.mark.needs_cuda

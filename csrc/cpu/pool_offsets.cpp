@@ -40,7 +40,8 @@ struct RowCursor {
 };
 
 // delta[o]: offset o's flat distance from its window's origin, for every value a stored offset
-// can take (0 past the window: damaged offsets read no memory past the table).
+// can take (0 past the window: the escape code is decoded apart, and damaged offsets read no
+// memory past the table).
 void delta_table(const PoolGeometry& g, int64_t (&delta)[256]) {
   for (int64_t o = 0; o < 256; ++o) {
     delta[o] = o < g.kh * g.kw ? delta_of_offset(static_cast<uint8_t>(o), g) : 0;
@@ -55,6 +56,8 @@ struct PoolBody {
     uint8_t off[kPoolBlock];
     const int64_t kh = kKH ? kKH : g.kh, kw = kKW ? kKW : g.kw;
     const int64_t row = g.dh * g.in_w, sw = g.sw, dw = g.dw;
+    // index 0 outside its window: the escape code (pool_offsets.h), where the bits have one free
+    const int64_t escape = pool_has_escape(g) ? kh * kw : -1;
     RowCursor at(e0, g);
     for (int64_t s = 0; s < len;) {
       const int64_t seg = at.segment(len - s, g);
@@ -71,7 +74,8 @@ struct PoolBody {
         }
         int64_t b = 0;
         for (int64_t j = 1; j < kw; ++j) b += rem >= j * dw;
-        o[k] = static_cast<uint8_t>(a * kw + b);
+        const bool outside = src[k] == 0 && a * row + b * dw != d && escape >= 0;
+        o[k] = static_cast<uint8_t>(outside ? escape : a * kw + b);
       }
       at.advance(seg, g);
       s += seg;
@@ -119,14 +123,16 @@ struct PoolBody {
       case 4: take<4>(src, off, bytes); break;
       default: take<8>(src, off, bytes); break;
     }
-    const int64_t sw = g.sw;
+    const int64_t sw = g.sw, escape = pool_escape_code(g);
     RowCursor at(e0, g);
     for (int64_t s = 0; s < len;) {
       const int64_t seg = at.segment(len - s, g);
       const int64_t origin = window_origin(at.oh, at.ow, g);
       int64_t* out = dst + e0 + s;
       const uint8_t* o = off + s;
-      for (int64_t k = 0; k < seg; ++k) out[k] = origin + k * sw + delta[o[k]];
+      for (int64_t k = 0; k < seg; ++k) {
+        out[k] = o[k] == escape ? 0 : origin + k * sw + delta[o[k]];
+      }
       at.advance(seg, g);
       s += seg;
     }
@@ -272,8 +278,9 @@ at::Tensor pool_offsets_backward_cpu(const at::Tensor& grad, const at::Tensor& p
           const int64_t row_origin = (oh * geo.sh - geo.ph) * geo.in_w - geo.pw;
           for (int64_t ow = 0; ow < geo.out_w; ++ow, ++e) {
             const uint32_t off = (uint32_t{src[e >> shift]} >> ((e & per_mask) * geo.bits)) & mask;
-            const int64_t index = row_origin + ow * geo.sw + delta[off];
-            if (off >= window || index < 0 || index >= in_plane) {  // only damaged offsets
+            // off == window: the escape code, index 0 (pool_offsets.h)
+            const int64_t index = off == window ? 0 : row_origin + ow * geo.sw + delta[off];
+            if (off > window || index < 0 || index >= in_plane) {  // only damaged offsets
               bad = true;
               continue;
             }

@@ -32,6 +32,8 @@ namespace ftprop {
 namespace cuda {
 
 constexpr int kThreads = 256;
+// Resident blocks per SM assumed where no occupancy query is made (the host emulation); on a GPU
+// launch.cuh asks the runtime per kernel and device (cudaOccupancyMaxActiveBlocksPerMultiprocessor).
 constexpr int kBlocksPerSm = 8;
 
 // Elements per block of the saved-state code layout, the CPU's (cpu/loops.h, kBlock): a block
@@ -40,10 +42,12 @@ constexpr int kBlocksPerSm = 8;
 // both devices, and the threads of a warp, one per byte j, touch contiguous elements.
 constexpr int64_t kCodeBlock = 512;
 
-// Blocks for `items` work items: enough to fill every SM several times over, then the
-// grid-stride loops cover the rest (and tensors past 2^31 elements with 64-bit indices).
-inline int64_t grid_blocks(int64_t items, int sms) {
-  const int64_t max_blocks = static_cast<int64_t>(std::max(sms, 1)) * kBlocksPerSm;
+// Blocks for `items` work items: at most one full wave (every SM holding as many blocks as can be
+// resident at once, `blocks_per_sm`), then the grid-stride loops cover the rest (and tensors past
+// 2^31 elements with 64-bit indices). A wave, not a multiple of it: no partial last wave.
+inline int64_t grid_blocks(int64_t items, int sms, int blocks_per_sm = kBlocksPerSm) {
+  const int64_t max_blocks =
+      static_cast<int64_t>(std::max(sms, 1)) * std::max(blocks_per_sm, 1);
   return std::max<int64_t>(1, std::min<int64_t>((items + kThreads - 1) / kThreads, max_blocks));
 }
 

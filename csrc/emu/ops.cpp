@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "../cpu/loops.h"
+#include "../cuda/pool_kernels.h"
 #include "../elementwise_ops.h"
 #include "launch.h"
 
@@ -57,6 +58,52 @@ at::Tensor staircase_backward_saved(const at::Tensor& grad, const at::Tensor& st
   return staircase_backward_saved_impl<EmuLoops>(grad, state, steps, lo, hi, rule, grad_scale);
 }
 
+// The launcher of the pool-offset kernels (cuda/pool_kernels.h: arguments in, out, ...; one
+// output element per work item), with the write check of EmuLoops around each launch.
+struct PoolLauncher {
+  using Guard = emu::Guard;
+
+  template <class K, typename In, typename Out, typename... A>
+  static void launch(int64_t items, In in, Out* out, A... args) {
+    WriteCheck check({{out, items, sizeof(Out), "out"}});
+    Launcher::launch<K>(items, in, out, args...);
+    check.verify();
+  }
+};
+
+// pool_offsets.cu's ops: the same host code and kernel bodies on the emulated launcher.
+at::Tensor pool_pack(const at::Tensor& indices, int64_t in_w, at::IntArrayRef kernel,
+                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                     int64_t bits) {
+  return cuda::pool_offsets_pack_impl<PoolLauncher>(indices, in_w, kernel, stride, padding,
+                                                    dilation, bits);
+}
+
+at::Tensor pool_unpack(const at::Tensor& packed, at::IntArrayRef size, int64_t in_w,
+                       at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
+                       at::IntArrayRef dilation, int64_t bits) {
+  return cuda::pool_offsets_unpack_impl<PoolLauncher>(packed, size, in_w, kernel, stride,
+                                                      padding, dilation, bits);
+}
+
+// pool_offsets.h's functions one by one, as the CUDA kernels call them: [offset_of_delta(d),
+// pool_offset_of(index, e), pool_index_of(offset, e)] for each (d, index, e, offset) row.
+std::vector<int64_t> pool_codec_functions(at::IntArrayRef size, int64_t in_w,
+                                          at::IntArrayRef kernel, at::IntArrayRef stride,
+                                          at::IntArrayRef padding, at::IntArrayRef dilation,
+                                          int64_t bits, at::IntArrayRef rows) {
+  const PoolGeometry g = pool_geometry(size, in_w, kernel, stride, padding, dilation, bits);
+  TORCH_CHECK_VALUE(rows.size() % 4 == 0, "ftprop_emu.pool_codec_functions: rows of 4 values");
+  std::vector<int64_t> out;
+  for (size_t r = 0; r < rows.size(); r += 4) {
+    const auto offset = static_cast<uint8_t>(rows[r + 3]);
+    out.push_back(offset_of_delta(rows[r], g));
+    out.push_back(pool_offset_of(rows[r + 1], rows[r + 2], g));
+    out.push_back(pool_index_of(offset, rows[r + 2], g));
+  }
+  return out;
+}
+
 // blocks = 0: the real grid formula with `sms` SMs; else a grid of blocks x threads.
 void configure(int64_t blocks, int64_t threads, int64_t sms, int64_t reported_grid,
                bool log_writes) {
@@ -103,6 +150,18 @@ TORCH_LIBRARY(ftprop_emu, m) {
   m.def("configure(int blocks, int threads, int sms, int reported_grid, bool log_writes) -> ()",
         &configure);
   m.def("stats() -> int[]", &get_stats);
+  m.def(
+      "_pool_offsets_pack(Tensor indices, int in_w, int[2] kernel, int[2] stride, int[2] padding, "
+      "int[2] dilation, int bits) -> Tensor",
+      &pool_pack);
+  m.def(
+      "_pool_offsets_unpack(Tensor packed, int[] size, int in_w, int[2] kernel, int[2] stride, "
+      "int[2] padding, int[2] dilation, int bits) -> Tensor",
+      &pool_unpack);
+  m.def(
+      "pool_codec_functions(int[] size, int in_w, int[2] kernel, int[2] stride, int[2] padding, "
+      "int[2] dilation, int bits, int[] rows) -> int[]",
+      &pool_codec_functions);
 }
 
 }  // namespace emu

@@ -17,8 +17,9 @@ _BIT_WEIGHTS = {}
 def _weights(device):
     w = _BIT_WEIGHTS.get(device)
     if w is None:
-        w = _BIT_WEIGHTS[device] = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8,
-                                                device=device)
+        # 1 << j, made on the device (no host-to-device copy)
+        ones = torch.ones(8, dtype=torch.uint8, device=device)
+        w = _BIT_WEIGHTS[device] = ones << torch.arange(8, dtype=torch.uint8, device=device)
     return w
 
 
@@ -103,10 +104,25 @@ def _level_code(y, levels, torch_codes):
     return planes, _decoder(table, tuple(y.shape), tuple(y.stride()))
 
 
+_STEP_LEVELS = {}
+
+
+def _step_levels(values_low, dtype, device):
+    """[values_low, 1] of a dtype on a device, made once (on the device: no host-to-device copy
+    and no synchronisation in the steps that use it) and then reused."""
+    key = (values_low, dtype, device)
+    levels = _STEP_LEVELS.get(key)
+    if levels is None:
+        levels = torch.full((2,), 1.0, dtype=dtype, device=device)
+        levels[0] = values_low
+        _STEP_LEVELS[key] = levels
+    return levels
+
+
 def step_output_code(values_low):
     """code_fn for a step unit's output: 0 = low, 1 = high, 2 = NaN (2 bits)."""
     def code_fn(y):
-        levels = torch.tensor([values_low, 1.0], dtype=y.dtype, device=y.device)
+        levels = _step_levels(values_low, y.dtype, y.device)
         return _level_code(y, levels, lambda v: torch.where(
             torch.isnan(v), 2, (v > 0).to(torch.uint8)).to(torch.uint8))
     return code_fn
@@ -116,7 +132,7 @@ def staircase_levels(steps, lo, hi, dtype, device):
     """The K + 1 output levels, computed as the forward computes them (reference.py)."""
     op = opmath_dtype(dtype)
     c = torch.arange(steps + 1, dtype=op, device=device)
-    q = c / torch.tensor(float(steps), dtype=op, device=device)
+    q = c / torch.full((), float(steps), dtype=op, device=device)  # a tensor, as reference.py
     return (lo + q * (hi - lo)).to(dtype)
 
 

@@ -15,7 +15,7 @@ from torch.overrides import TorchFunctionMode
 from ..ops.observers import UnitObserver, observing
 from .codes import staircase_output_code, step_output_code
 from .pool import (LeanMaxPool2d, PoolIndices, ShapeOnly, codec_available, pool_backward_available,
-                   pool_offset_bits, pool_params)
+                   pool_may_escape, pool_offset_bits, pool_params)
 from .records import Entry, Kept, Rebuild, Registry, Source
 
 
@@ -86,7 +86,7 @@ def _record_max_pool(ctx, func, args, kwargs):
     x, kernel, stride, padding, dilation, ceil_mode = pool_params(args, kwargs)
     if x.dim() not in (3, 4) or not x.requires_grad or has_tangent(x):
         return func(*args, **kwargs)
-    bits = pool_offset_bits(kernel, dilation, x.shape[-1])
+    bits = pool_offset_bits(kernel, dilation, x.shape[-1], pool_may_escape(x))
     if bits is not None and pool_backward_available(x):
         ctx.note(f"max-pool keeps {bits}-bit window offsets, read by its backward "
                  "(no input, no indices)")

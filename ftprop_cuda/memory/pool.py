@@ -34,16 +34,31 @@ def pool_params(args, kwargs):
         _pair(vals.get("dilation", 1)), bool(vals.get("ceil_mode", False))
 
 
-def offset_bits(kernel):
-    """Bits per window offset (1, 2, 4 or 8), or None for windows of more than 256 elements."""
-    window = kernel[0] * kernel[1]
-    return next((b for b in (1, 2, 4, 8) if window <= 1 << b), None)
+def offset_bits(kernel, escape=False):
+    """Bits per window offset (1, 2, 4 or 8), or None for windows of more than 256 elements;
+    with `escape`, one code more than the window's positions (csrc/pool_offsets.h: the spare
+    code for index 0 outside the window)."""
+    codes = kernel[0] * kernel[1] + bool(escape)
+    return next((b for b in (1, 2, 4, 8) if codes <= 1 << b), None)
 
 
-def pool_offset_bits(kernel, dilation, in_w):
+def pool_may_escape(x):
+    """Whether ATen's max-pool of x can return an index outside its window: its channels-last
+    CUDA kernel starts each window's index at 0 and moves it only for a value > -inf or NaN, so
+    an all -inf window keeps index 0 wherever the window lies. The CPU kernels and the CUDA
+    NCHW kernel start at a position inside the window. A 4-D CUDA input counts unless it is
+    surely taken as NCHW (contiguous, and not channels-last contiguous as well: ATen picks the
+    kernel from the strides, suggest_memory_format)."""
+    if x.device.type != "cuda" or x.dim() != 4:
+        return False
+    return not (x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last))
+
+
+def pool_offset_bits(kernel, dilation, in_w, escape=False):
     """Bits per stored offset of a max-pool's window, or None where the indices stay int64
-    (windows over 256 positions, or whose rows overlap in the flat index)."""
-    bits = offset_bits(kernel)
+    (windows over 256 codes, or whose rows overlap in the flat index). `escape`: the window
+    needs the spare code (pool_may_escape)."""
+    bits = offset_bits(kernel, escape)
     rows_apart = (kernel[1] - 1) * dilation[1] < dilation[0] * in_w
     return bits if rows_apart else None
 

@@ -24,8 +24,17 @@ def opmath_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
 def _const(value, like):
-    return torch.tensor(value, dtype=like.dtype, device=like.device)
+    """value as a 0-dim tensor of like's dtype and device, rounded as torch.tensor rounds it, but
+    filled on the device (torch.full: no host-to-device copy, no synchronisation, capturable in
+    a CUDA graph). torch.full refuses a finite value past float32's range where torch.tensor
+    rounds it (to the largest float32 or to inf): such a value is rounded on the CPU first."""
+    if like.dtype == torch.float32 and abs(value) > _FLOAT32_MAX:
+        value = torch.tensor(value, dtype=torch.float32).item()
+    return torch.full((), value, dtype=like.dtype, device=like.device)
 
 
 def batch_size(z):

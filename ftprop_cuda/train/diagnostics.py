@@ -103,7 +103,7 @@ class Diagnostics:
             loss_sum = torch.zeros((), dtype=op, device=z.device)
         disagree = ((t > 0) & (yf < hi)) | ((t < 0) & (yf > lo))
         row = torch.stack([
-            torch.tensor(float(z.numel()), dtype=op, device=z.device),
+            torch.full((), float(z.numel()), dtype=op, device=z.device),
             (t != 0).sum().to(op), disagree.sum().to(op), in_window.sum().to(op), loss_sum,
         ]).to(torch.float64)
         if name in self._sums:

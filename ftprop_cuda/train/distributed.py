@@ -34,6 +34,28 @@ class Dist:
         bad = (~torch.isfinite(loss.detach())).to(torch.int32).reshape(1)
         return not bool(self.all_reduce(bad, dist.ReduceOp.MAX))
 
+    def finite_check(self, loss):
+        """Starts finite(loss) and returns a callable giving its answer. With one process on
+        CUDA, the flag is copied to pinned host memory behind the loss on the stream and the
+        callable waits for that copy alone (a CUDA event): the caller queues the backward pass in
+        between, so the GPU does not idle while the host waits, and no stream or device
+        synchronisation is made. Elsewhere the answer is computed at once (under DDP: one
+        synchronising all-reduce per step, which all processes need to stop together)."""
+        import torch
+
+        if self.world > 1 or loss.device.type != "cuda":
+            answer = self.finite(loss)
+            return lambda: answer
+        host = torch.empty((), dtype=torch.bool, pin_memory=True)
+        host.copy_(torch.isfinite(loss.detach()), non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+
+        def answer():
+            copied.synchronize()
+            return bool(host)
+        return answer
+
 
 def _device(cfg, local_rank):
     import torch

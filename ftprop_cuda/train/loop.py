@@ -60,16 +60,17 @@ def run_epoch(model, loader, loss_fn, d, amp, optimizer=None, bar=False, desc=""
                 out = model(x)
             loss = loss_fn(out.float(), y)
             if training:
-                if not d.finite(loss):
-                    raise Diverged(f"step {step + 1} of {len(loader)}")
+                finite = d.finite_check(loss)  # answered after the backward is queued
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if not finite():
+                    raise Diverged(f"step {step + 1} of {len(loader)}")
                 optimizer.step()
             with torch.no_grad():
                 top1, top5 = _topk_correct(out, y, (1, 5))
                 n = y.numel()
-                sums += torch.stack([loss.detach().double() * n, top1.double(), top5.double(),
-                                     torch.tensor(float(n), dtype=torch.float64, device=d.device)])
+                count = torch.full((), float(n), dtype=torch.float64, device=d.device)
+                sums += torch.stack([loss.detach().double() * n, top1.double(), top5.double(), count])
             if bar and step % 20 == 0:
                 items.set_postfix(loss=f"{loss.item():.4f}")
     return sums
