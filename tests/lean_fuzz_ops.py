@@ -20,9 +20,9 @@ class Residual(nn.Module):
 
     add: x + f(x); radd: f(x) + x; torch_add: torch.add(f(x), x); iadd: y = f(x); y += x;
     add_: f(x).add_(x); x_iadd: x = x * 1 then x += f(x) (the pre-add tensor changed in place);
-    clone_iadd: y = x.clone(); y += f(x)."""
+    clone_iadd: y = x.clone(); y += f(x); detach: x + f(x).detach()."""
 
-    MODES = ("add", "radd", "torch_add", "iadd", "add_", "x_iadd", "clone_iadd")
+    MODES = ("add", "radd", "torch_add", "iadd", "add_", "x_iadd", "clone_iadd", "detach")
 
     def __init__(self, body, mode):
         super().__init__()
@@ -40,6 +40,8 @@ class Residual(nn.Module):
         y = self.body(x)
         if self.mode == "add":
             return x + y
+        if self.mode == "detach":
+            return x + y.detach()
         if self.mode == "radd":
             return y + x
         if self.mode == "torch_add":
@@ -174,7 +176,8 @@ class FunctionalPool(nn.Module):
 
 
 class Act(nn.Module):
-    """A standard activation by name (relu in place or not, tanh, sigmoid, hardtanh)."""
+    """A standard activation by name (relu, tanh, sigmoid, hardtanh: in place or not;
+    softmax over dimension 1, square x * x)."""
 
     def __init__(self, name, inplace):
         super().__init__()
@@ -185,9 +188,84 @@ class Act(nn.Module):
             return F.relu(x, inplace=self.inplace)
         if self.name == "hardtanh":
             return F.hardtanh(x, inplace=self.inplace)
+        if self.name == "softmax":
+            return x.softmax(1)
+        if self.name == "square":
+            return x * x
         if self.name == "tanh":
             return x.tanh_() if self.inplace else x.tanh()
         return x.sigmoid_() if self.inplace else x.sigmoid()
 
     def extra_repr(self):
         return f"{self.name!r}, inplace={self.inplace}"
+
+
+class Frozen(nn.Module):
+    """body kept in eval mode whatever the model's mode (a frozen batch norm, as in fine-tuning)."""
+
+    def __init__(self, body):
+        super().__init__()
+        self.body = body.eval()
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.body.eval()
+        return self
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class Tied(nn.Module):
+    """body applied `times` times in one forward (tied weights, a module used twice)."""
+
+    def __init__(self, body, times):
+        super().__init__()
+        self.body, self.times = body, times
+
+    def forward(self, x):
+        for _ in range(self.times):
+            x = self.body(x)
+        return x
+
+    def extra_repr(self):
+        return f"times={self.times}"
+
+
+class GradHook(nn.Module):
+    """Identity with a tensor hook scaling the gradient by 0.5 (exact), as users clip/scale."""
+
+    def forward(self, x):
+        if x.requires_grad:
+            x = x.view_as(x)
+            x.register_hook(lambda g: g * 0.5)
+        return x
+
+
+class Shift(nn.Module):
+    """x + b with a learnable per-channel b, out of place or in place (x.add_(b))."""
+
+    def __init__(self, shape, inplace):
+        super().__init__()
+        self.b = nn.Parameter(torch.rand(shape) - 0.5)
+        self.inplace = inplace
+
+    def forward(self, x):
+        return x.add_(self.b) if self.inplace else x + self.b
+
+    def extra_repr(self):
+        return f"shape={tuple(self.b.shape)}, inplace={self.inplace}"
+
+
+class Upsample(nn.Module):
+    """F.interpolate(x, scale_factor=2, mode=...)."""
+
+    def __init__(self, mode):
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, x):
+        return F.interpolate(x, scale_factor=2, mode=self.mode)
+
+    def extra_repr(self):
+        return f"mode={self.mode!r}"

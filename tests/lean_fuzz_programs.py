@@ -23,8 +23,8 @@ import ftprop_cuda
 from ftprop_cuda.ops.functional import BACKENDS, SAVE_MODES
 from ftprop_cuda.ops.reference import STEP_VALUES
 
-from lean_fuzz_ops import (Act, Autocast, Checkpointed, Concat, FunctionalPool, Residual, Scale,
-                           Seq, TwoBranch, View)
+from lean_fuzz_ops import (Act, Autocast, Checkpointed, Concat, Frozen, FunctionalPool, GradHook,
+                           Residual, Scale, Seq, Shift, Tied, TwoBranch, Upsample, View)
 
 DTYPES = (torch.float32, torch.float32, torch.float32, torch.float64, torch.bfloat16)
 STAIR_STEPS = (2, 3, 4, 5, 7, 15, 16, 63, 254, 255, 256, 300, 510, 511, 512, 1000, 4095, 65536)
@@ -40,6 +40,10 @@ class Case:
     channels_last: bool
     special: str      # "" or the special values written into the input ("nan", "inf", ...)
     input_grad: bool  # the input requires grad (a leaf: in-place layers on it raise)
+    retain: bool      # backward twice (retain_graph=True): gradients accumulate
+    wrap_first: bool  # lean run: lean(model) before model.to(dtype) (the model is built fp32)
+    nested: int       # lean run: the index in model.modules() also made lean, or -1
+    between: str      # "", "no_grad" or "eval": a forward without grad between two steps
     steps: int        # training steps (forward + backward, then an SGD update)
     model: nn.Module
     inputs: list      # one input per step
@@ -47,7 +51,9 @@ class Case:
     def header(self):
         return (f"lean fuzz seed {self.seed}: dtype={self.dtype}, input={list(self.shape)}, "
                 f"channels_last={self.channels_last}, special={self.special or None}, "
-                f"input_grad={self.input_grad}, steps={self.steps}")
+                f"input_grad={self.input_grad}, steps={self.steps}, "
+                f"backward_twice={self.retain}, between={self.between or None}, "
+                f"lean_before_dtype={self.wrap_first}, nested_lean_module={self.nested}")
 
     def describe(self):
         return f"{self.header()}\n{self.model}"
@@ -124,6 +130,8 @@ class Gen:
                 return None
             m = cls(c, momentum=r.choice((0.1, 0.5, None)), affine=self.chance(0.8),
                     track_running_stats=self.chance(0.8))
+            if self.chance(0.15):
+                m = Frozen(m)
         elif kind == "group":
             m = nn.GroupNorm(self.pick([g for g in range(1, c + 1) if c % g == 0]), c,
                              affine=self.chance(0.7))
@@ -148,16 +156,19 @@ class Gen:
         return None
 
     def _pool_try(self, shape, keep):
-        r, spatial = self.rng, shape[2:]
+        r, lead = self.rng, 2
+        if len(shape) == 3 and self.chance(0.15):
+            lead = 1  # a 2-D pool of an (N, C, L) tensor: ATen reads it as one (C, H, W) image
+        spatial = shape[lead:]
         nd, kind = len(spatial), self.pick(("max", "max", "avg", "adaptive"))
         if kind == "adaptive":
             if keep is not None:
                 return None
             out = tuple(r.randint(1, n) for n in spatial)
             cls = nn.AdaptiveAvgPool2d if nd == 2 else nn.AdaptiveAvgPool1d
-            return cls(out if nd == 2 else out[0]), shape[:2] + out
-        k = tuple(r.choice((1, 2, 2, 3)) for _ in range(nd))
-        d = tuple(r.choice((1, 1, 2)) for _ in range(nd)) if kind == "max" else (1,) * nd
+            return cls(out if nd == 2 else out[0]), shape[:lead] + out
+        k = tuple(r.choice((1, 2, 2, 3, 3, 4, 5)) for _ in range(nd))
+        d = tuple(r.choice((1, 1, 2, 3)) for _ in range(nd)) if kind == "max" else (1,) * nd
         s = tuple(r.choice((1, 2, 2, 3)) for _ in range(nd))
         p = tuple(r.randint(0, ki // 2) for ki in k)
         ceil = self.chance(0.3)
@@ -168,7 +179,7 @@ class Gen:
         if min(out) < 1 or not all(windows_touch_input(n, *a, o) for n, *a, o in
                                    zip(spatial, k, s, p, d, out)):
             return None
-        return self._pool_module(kind, nd, k, s, p, d, ceil), shape[:2] + out
+        return self._pool_module(kind, nd, k, s, p, d, ceil), shape[:lead] + out
 
     def _pool_module(self, kind, nd, k, s, p, d, ceil):
         def arg(t):  # ints, tuples, or one-element tuples (ATen reads (k,) as (k, k))
@@ -202,8 +213,8 @@ class Gen:
                                      **common), shape
 
     def act(self, shape, keep):
-        return Act(self.pick(("relu", "relu", "tanh", "sigmoid", "hardtanh")),
-                   self.chance(0.4)), shape
+        return Act(self.pick(("relu", "relu", "tanh", "sigmoid", "hardtanh", "softmax",
+                              "square")), self.chance(0.4)), shape
 
     def dropout(self, shape, keep):
         p, inplace = self.rng.choice((0.1, 0.5)), self.chance(0.3)
@@ -214,6 +225,19 @@ class Gen:
     def scale(self, shape, keep):
         w = (shape[1],) + (1,) * (len(shape) - 2)
         return Scale(w, self.chance(0.5)), shape
+
+    def shift(self, shape, keep):
+        b = (shape[1],) + (1,) * (len(shape) - 2)
+        return Shift(b, self.chance(0.4)), shape
+
+    def hook(self, shape, keep):
+        return GradHook(), shape
+
+    def upsample(self, shape, keep):
+        if keep is not None or len(shape) not in (3, 4) or max(shape[2:]) > 8:
+            return None
+        linear = "bilinear" if len(shape) == 4 else "linear"
+        return Upsample(self.pick(("nearest", linear))), shape[:2] + tuple(2 * n for n in shape[2:])
 
     def view(self, shape, keep):
         r, nd = self.rng, len(shape)
@@ -257,13 +281,17 @@ class Gen:
     def residual(self, shape, keep, depth):
         body, _ = self.seq(shape, depth + 1, "shape")
         # x_iadd changes a tensor the body may have saved: standard raises; rarer than the rest
-        mode = self.rng.choices(Residual.MODES, (4, 3, 2, 3, 2, 1, 2))[0]
+        mode = self.rng.choices(Residual.MODES, (4, 3, 2, 3, 2, 1, 2, 1))[0]
         return Residual(body, mode), shape
 
     def two_branch(self, shape, keep, depth):
         a, _ = self.seq(shape, depth + 1, "shape")
         b, _ = self.seq(shape, depth + 1, "shape")
         return TwoBranch(a, b), shape
+
+    def tied(self, shape, keep, depth):
+        body, _ = self.seq(shape, depth + 1, "shape")
+        return Tied(body, 2), shape
 
     def concat(self, shape, keep, depth):
         if keep == "shape":
@@ -286,9 +314,10 @@ class Gen:
         return Autocast(body, self.dtype), out
 
     LAYERS = (("conv", 5), ("linear", 3), ("norm", 4), ("pool", 4), ("unit", 7), ("act", 2),
-              ("dropout", 1), ("scale", 1), ("view", 3))
+              ("dropout", 1), ("scale", 1), ("view", 3), ("shift", 1), ("hook", 0.3),
+              ("upsample", 0.5))
     BLOCKS = (("residual", 4), ("two_branch", 1), ("concat", 2), ("checkpointed", 2),
-              ("autocast", 2))
+              ("autocast", 2), ("tied", 0.7))
 
     def layer(self, shape, keep, depth):
         table = self.LAYERS + (self.BLOCKS if depth < 2 and self.ops < MAX_OPS - 2 else ())
@@ -334,8 +363,9 @@ def _set(shape, dim, value):
 def _input_shape(r):
     n = r.randint(2, 3)
     kind = r.choice((4, 4, 3, 2))
+    big = 14 if r.random() < 0.25 else 9
     if kind == 4:
-        return (n, r.randint(1, 4), r.randint(3, 9), r.randint(3, 9))
+        return (n, r.randint(1, 4), r.randint(3, big), r.randint(3, big))
     if kind == 3:
         return (n, r.randint(1, 4), r.randint(4, 12))
     return (n, r.randint(2, 12))
@@ -363,15 +393,20 @@ def make_case(seed):
     special = r.choice(("nan", "inf", "-inf", "-0", "zero")) if r.random() < 0.08 else ""
     steps = r.choice((1, 1, 2))
     input_grad = r.random() < 0.5
+    retain = r.random() < 0.15
+    between = r.choice(("", "no_grad", "eval")) if steps == 2 else ""
     torch.manual_seed(seed)
     gen = Gen(r, dtype)
     model, _ = gen.seq(shape, 0, None)
-    model = model.to(dtype)
+    wrap_first = r.random() < 0.2
+    nested = r.randrange(1, len(list(model.modules()))) if r.random() < 0.2 \
+        and len(list(model.modules())) > 1 else -1
     input_grad = input_grad or not any(True for _ in model.parameters())
     g = torch.Generator().manual_seed(seed)
     inputs = [_tensor(shape, dtype, g, channels_last, special if i == 0 else "")
               for i in range(steps)]
-    return Case(seed, dtype, shape, channels_last, special, input_grad, steps, model, inputs)
+    return Case(seed, dtype, shape, channels_last, special, input_grad, retain, wrap_first,
+                nested, between, steps, model, inputs)
 
 
 def output_grad(case, step, out):
