@@ -269,3 +269,20 @@ class Upsample(nn.Module):
 
     def extra_repr(self):
         return f"mode={self.mode!r}"
+
+
+class BackwardHooked(nn.Module):
+    """body with a full backward hook (register_full_backward_hook) halving its input's
+    gradient, as gradient-scaling or logging code does."""
+
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+        self.body.register_full_backward_hook(_halve_grad_input)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def _halve_grad_input(module, grad_input, grad_output):
+    return tuple(None if g is None else g * 0.5 for g in grad_input)

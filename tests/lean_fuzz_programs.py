@@ -23,7 +23,7 @@ import ftprop_cuda
 from ftprop_cuda.ops.functional import BACKENDS, SAVE_MODES
 from ftprop_cuda.ops.reference import STEP_VALUES
 
-from lean_fuzz_ops import (Act, Autocast, Checkpointed, Concat, Frozen, FunctionalPool, GradHook,
+from lean_fuzz_ops import (Act, Autocast, BackwardHooked, Checkpointed, Concat, Frozen, FunctionalPool, GradHook,
                            Residual, Scale, Seq, Shift, Tied, TwoBranch, Upsample, View)
 
 DTYPES = (torch.float32, torch.float32, torch.float32, torch.float64, torch.bfloat16)
@@ -44,6 +44,7 @@ class Case:
     wrap_first: bool  # lean run: lean(model) before model.to(dtype) (the model is built fp32)
     nested: int       # lean run: the index in model.modules() also made lean, or -1
     between: str      # "", "no_grad" or "eval": a forward without grad between two steps
+    twice: bool       # two forwards (the step's input, then its negation), one backward
     steps: int        # training steps (forward + backward, then an SGD update)
     model: nn.Module
     inputs: list      # one input per step
@@ -53,7 +54,8 @@ class Case:
                 f"channels_last={self.channels_last}, special={self.special or None}, "
                 f"input_grad={self.input_grad}, steps={self.steps}, "
                 f"backward_twice={self.retain}, between={self.between or None}, "
-                f"lean_before_dtype={self.wrap_first}, nested_lean_module={self.nested}")
+                f"lean_before_dtype={self.wrap_first}, nested_lean_module={self.nested}, "
+                f"two_forwards_one_backward={self.twice}")
 
     def describe(self):
         return f"{self.header()}\n{self.model}"
@@ -293,6 +295,10 @@ class Gen:
         body, _ = self.seq(shape, depth + 1, "shape")
         return Tied(body, 2), shape
 
+    def backward_hooked(self, shape, keep, depth):
+        body, out = self.seq(shape, depth + 1, keep)
+        return BackwardHooked(body), out
+
     def concat(self, shape, keep, depth):
         if keep == "shape":
             return None
@@ -317,7 +323,7 @@ class Gen:
               ("dropout", 1), ("scale", 1), ("view", 3), ("shift", 1), ("hook", 0.3),
               ("upsample", 0.5))
     BLOCKS = (("residual", 4), ("two_branch", 1), ("concat", 2), ("checkpointed", 2),
-              ("autocast", 2), ("tied", 0.7))
+              ("autocast", 2), ("tied", 0.7), ("backward_hooked", 0.5))
 
     def layer(self, shape, keep, depth):
         table = self.LAYERS + (self.BLOCKS if depth < 2 and self.ops < MAX_OPS - 2 else ())
@@ -375,9 +381,14 @@ def _tensor(shape, dtype, gen, channels_last, special):
     t = torch.randn(shape, generator=gen, dtype=torch.float64) * 2
     if special:
         flat = t.view(-1)
-        where = torch.randint(flat.numel(), (2,), generator=gen)
+        value, _, block = special.partition(" ")
+        if block:  # a run of a third of the elements (whole pool windows, whole rows)
+            start = int(torch.randint(flat.numel(), (1,), generator=gen))
+            where = slice(start, start + flat.numel() // 3 + 1)
+        else:
+            where = torch.randint(flat.numel(), (2,), generator=gen)
         flat[where] = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf"),
-                       "-0": -0.0, "zero": 0.0}[special]
+                       "-0": -0.0, "zero": 0.0, "one": 1.0}[value]
     t = t.to(dtype)
     if channels_last and t.dim() == 4:
         t = t.contiguous(memory_format=torch.channels_last)
@@ -390,7 +401,8 @@ def make_case(seed):
     dtype = r.choice(DTYPES)
     shape = _input_shape(r)
     channels_last = len(shape) == 4 and r.random() < 0.3
-    special = r.choice(("nan", "inf", "-inf", "-0", "zero")) if r.random() < 0.08 else ""
+    special = r.choice(("nan", "inf", "-inf", "-0", "zero", "nan block", "-inf block",
+                        "zero block", "one block")) if r.random() < 0.12 else ""
     steps = r.choice((1, 1, 2))
     input_grad = r.random() < 0.5
     retain = r.random() < 0.15
@@ -401,12 +413,13 @@ def make_case(seed):
     wrap_first = r.random() < 0.2
     nested = r.randrange(1, len(list(model.modules()))) if r.random() < 0.2 \
         and len(list(model.modules())) > 1 else -1
+    twice = r.random() < 0.15
     input_grad = input_grad or not any(True for _ in model.parameters())
     g = torch.Generator().manual_seed(seed)
     inputs = [_tensor(shape, dtype, g, channels_last, special if i == 0 else "")
               for i in range(steps)]
     return Case(seed, dtype, shape, channels_last, special, input_grad, retain, wrap_first,
-                nested, between, steps, model, inputs)
+                nested, between, twice, steps, model, inputs)
 
 
 def output_grad(case, step, out):

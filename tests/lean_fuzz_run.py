@@ -80,6 +80,9 @@ def run(seed, lean):
                 x = case.inputs[step].clone().requires_grad_(case.input_grad)
                 out = model(x)
                 g = output_grad(case, step, out)
+                if case.twice:  # a second forward of the same model before the backward
+                    g = torch.cat([g, g.flip(0)])
+                    out = torch.cat([out, model(-x)])
                 out.backward(g, retain_graph=case.retain)
                 if case.retain:
                     out.backward(g)
@@ -173,11 +176,19 @@ KNOWN = (
 )
 
 
-def known_finding(status, details):
-    """The label of the issue-22 finding a failure shows, or None for a new one."""
+def known_finding(status, details, description=""):
+    """The label of the issue-22 finding a failure shows, or None for a new one.
+
+    A mismatch in running statistics alone, in a model with a checkpointed block, is the
+    checkpoint bypassed (lean's saved-tensor hooks, pushed inside the checkpoint's, e.g. by a
+    nested lean module, take the saved tensors: the block is not recomputed)."""
     for label, st, piece in KNOWN:
         if status == st and (piece is None or piece in details):
             return label
+    lines = details.splitlines()
+    if status == "mismatch" and "Checkpointed(" in description and all(
+            ".buffer." in line for line in lines[1:] + [lines[0].split(": ", 1)[-1]]):
+        return "I22 checkpointing"
     return None
 
 
@@ -194,7 +205,7 @@ def main(argv):
         status, details = check_seed(seed)
         counts[status] += 1
         if status not in ("ok", "same-error"):
-            label = known_finding(status, details)
+            label = known_finding(status, details, describe(seed))
             counts[label or "NEW"] += 1
             if label:
                 print(f"+++ seed {seed}: {label}", flush=True)
