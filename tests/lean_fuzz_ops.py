@@ -20,9 +20,12 @@ class Residual(nn.Module):
 
     add: x + f(x); radd: f(x) + x; torch_add: torch.add(f(x), x); iadd: y = f(x); y += x;
     add_: f(x).add_(x); x_iadd: x = x * 1 then x += f(x) (the pre-add tensor changed in place);
-    clone_iadd: y = x.clone(); y += f(x); detach: x + f(x).detach()."""
+    clone_iadd: y = x.clone(); y += f(x); detach: x + f(x).detach(); mixed_add: (x + f(x) in
+    another float dtype), cast back; mixed_iadd: y = f(x); y += x in another dtype (rounded to
+    y's dtype)."""
 
-    MODES = ("add", "radd", "torch_add", "iadd", "add_", "x_iadd", "clone_iadd", "detach")
+    MODES = ("add", "radd", "torch_add", "iadd", "add_", "x_iadd", "clone_iadd", "detach",
+             "mixed_add", "mixed_iadd")
 
     def __init__(self, body, mode):
         super().__init__()
@@ -38,6 +41,12 @@ class Residual(nn.Module):
             y += self.body(x)
             return y
         y = self.body(x)
+        if self.mode.startswith("mixed"):
+            other = torch.float32 if x.dtype != torch.float32 else torch.float64
+            if self.mode == "mixed_add":
+                return (x + y.to(other)).to(x.dtype)
+            y += x.to(other)
+            return y
         if self.mode == "add":
             return x + y
         if self.mode == "detach":

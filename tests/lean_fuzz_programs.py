@@ -23,8 +23,9 @@ import ftprop_cuda
 from ftprop_cuda.ops.functional import BACKENDS, SAVE_MODES
 from ftprop_cuda.ops.reference import STEP_VALUES
 
-from lean_fuzz_ops import (Act, Autocast, BackwardHooked, Checkpointed, Concat, Frozen, FunctionalPool, GradHook,
-                           Residual, Scale, Seq, Shift, Tied, TwoBranch, Upsample, View)
+from lean_fuzz_ops import (Act, Autocast, BackwardHooked, Checkpointed, Concat, Frozen,
+                           FunctionalPool, GradHook, Residual, Scale, Seq, Shift, Tied, TwoBranch,
+                           Upsample, View)
 
 DTYPES = (torch.float32, torch.float32, torch.float32, torch.float64, torch.bfloat16)
 STAIR_STEPS = (2, 3, 4, 5, 7, 15, 16, 63, 254, 255, 256, 300, 510, 511, 512, 1000, 4095, 65536)
@@ -45,6 +46,7 @@ class Case:
     nested: int       # lean run: the index in model.modules() also made lean, or -1
     between: str      # "", "no_grad" or "eval": a forward without grad between two steps
     twice: bool       # two forwards (the step's input, then its negation), one backward
+    outer: str        # around the model's forward: "" or one of lean_fuzz_run.OUTER
     steps: int        # training steps (forward + backward, then an SGD update)
     model: nn.Module
     inputs: list      # one input per step
@@ -55,7 +57,7 @@ class Case:
                 f"input_grad={self.input_grad}, steps={self.steps}, "
                 f"backward_twice={self.retain}, between={self.between or None}, "
                 f"lean_before_dtype={self.wrap_first}, nested_lean_module={self.nested}, "
-                f"two_forwards_one_backward={self.twice}")
+                f"two_forwards_one_backward={self.twice}, around_forward={self.outer or None}")
 
     def describe(self):
         return f"{self.header()}\n{self.model}"
@@ -96,7 +98,8 @@ class Gen:
         r, c, spatial = self.rng, shape[1], shape[2:]
         out_c = c if keep == "shape" else r.randint(1, 6)
         same = keep is not None  # "shape" and "spatial" keep the spatial size
-        groups = self.pick([g for g in range(1, min(c, out_c) + 1) if c % g == 0 and out_c % g == 0])
+        groups = self.pick([g for g in range(1, min(c, out_c) + 1)
+                            if c % g == 0 and out_c % g == 0])
         nd = len(spatial)
         k = tuple(r.choice((1, 2, 3)) for _ in range(nd))
         d = tuple(r.choice((1, 1, 2)) for _ in range(nd))
@@ -283,7 +286,7 @@ class Gen:
     def residual(self, shape, keep, depth):
         body, _ = self.seq(shape, depth + 1, "shape")
         # x_iadd changes a tensor the body may have saved: standard raises; rarer than the rest
-        mode = self.rng.choices(Residual.MODES, (4, 3, 2, 3, 2, 1, 2, 1))[0]
+        mode = self.rng.choices(Residual.MODES, (4, 3, 2, 3, 2, 1, 2, 1, 1, 1))[0]
         return Residual(body, mode), shape
 
     def two_branch(self, shape, keep, depth):
@@ -414,12 +417,14 @@ def make_case(seed):
     nested = r.randrange(1, len(list(model.modules()))) if r.random() < 0.2 \
         and len(list(model.modules())) > 1 else -1
     twice = r.random() < 0.15
+    outer = r.choice(("save_on_cpu", "bf16_hooks", "autocast", "checkpoint",
+                      "checkpoint_reentrant")) if r.random() < 0.15 else ""
     input_grad = input_grad or not any(True for _ in model.parameters())
     g = torch.Generator().manual_seed(seed)
     inputs = [_tensor(shape, dtype, g, channels_last, special if i == 0 else "")
               for i in range(steps)]
     return Case(seed, dtype, shape, channels_last, special, input_grad, retain, wrap_first,
-                nested, between, twice, steps, model, inputs)
+                nested, between, twice, outer, steps, model, inputs)
 
 
 def output_grad(case, step, out):
