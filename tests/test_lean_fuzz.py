@@ -25,8 +25,9 @@ from lean_fuzz_ops import Autocast, Checkpointed, Concat, FunctionalPool, Residu
 from lean_fuzz_programs import make_case, pool_out, windows_touch_input
 from lean_fuzz_run import Outcome, check_seed, describe, differences, known_finding, same_bits
 
-# Chosen by measurement: the default set (400 seeds) takes 28 s of CPU (1 thread per case), 94 s
-# of wall time on the 2-core development machine under a load average of 11 (about 35 s when quiet).
+# Chosen by measurement: the default set (400 seeds) takes 26-28 s of CPU (1 thread per case) on
+# the 2-core development machine: 90-120 s of wall time there under a load average of 10-11, about
+# 35 s on a quiet machine.
 DEFAULT_SEEDS = 400
 START = int(os.environ.get("FTPROP_LEAN_FUZZ_START", "0"))
 COUNT = int(os.environ.get("FTPROP_LEAN_FUZZ_SEEDS", str(DEFAULT_SEEDS)))
