@@ -54,7 +54,11 @@ def build(arch, variant, args, state):
     model.to(args.device).train()
     fwd = model
     if variant.endswith("compiled"):
-        from ftprop_cuda.memory import compile_lean
+        from ftprop_cuda.memory import compile_lean, params_channels_last
+        if torch.device(args.device).type == "cpu":
+            # as the trainer does with --compile on the CPU, in both memory modes: convolution
+            # weights stored channels-last, so the compiled graph keeps no channels-last copy
+            params_channels_last(model)
         fwd = compile_lean(model) if memory == "lean" else torch.compile(model)
     if args.optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)

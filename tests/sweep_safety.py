@@ -44,7 +44,6 @@ _arm()
 '''
 
 TEMP_RE = re.compile(r"\.(tmp|dir)\d+\Z")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def hook_env(tmp_path, kill=None, log=None):
@@ -53,7 +52,9 @@ def hook_env(tmp_path, kill=None, log=None):
     hook.mkdir(exist_ok=True)
     (hook / "sitecustomize.py").write_text(KILL_HOOK)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(hook), ROOT] + [
+    # the hook only: the sweep and its trainers import the installed package (a repository
+    # built without -e, as CI builds it, has no compiled _C in its ftprop_cuda/)
+    env["PYTHONPATH"] = os.pathsep.join([str(hook)] + [
         p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.pop("FTPROP_TEST_KILL", None)
     if kill is not None:

@@ -30,9 +30,11 @@ def full_check():
     return code, json.loads(out.getvalue())
 
 
-def test_info_screen_runs_as_a_module():
+def test_info_screen_runs_as_a_module(tmp_path):
+    # outside the source tree: `-m` imports from the working directory first, and a repository
+    # built without -e (as CI builds it) has no compiled _C in its ftprop_cuda/
     proc = subprocess.run([sys.executable, "-m", "ftprop_cuda"], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
     for part in ("ftprop_cuda 0.1.0", "torch " + torch.__version__, "CUDA architectures:",

@@ -15,7 +15,7 @@ import torch
 from ftprop_cuda import export
 from ftprop_cuda import train
 
-from sweep_safety import ROOT, in_process, run_cli, temp_files
+from sweep_safety import in_process, run_cli, temp_files
 
 pytest.importorskip("onnxscript")  # torch.onnx.export's exporter needs it
 
@@ -92,10 +92,10 @@ def test_pt2_past_a_file_size_limit_is_one_line_not_an_abort(checkpoint, tmp_pat
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
     out = tmp_path / "m.pt2"
-    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONDONTWRITEBYTECODE="1")
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     p = subprocess.run([sys.executable, "-m", "ftprop_cuda.export", checkpoint, "--format", "pt2",
                         "--out", str(out), "--no-check"], capture_output=True, text=True,
-                       env=env, preexec_fn=limit, timeout=600)
+                       env=env, preexec_fn=limit, timeout=600, cwd=tmp_path)
     one_line_error(p.returncode, p.stdout, p.stderr, f"cannot write {out}: File too large")
     assert not out.exists() and temp_files(str(tmp_path)) == []
 
@@ -175,8 +175,7 @@ def test_unknown_and_abbreviated_flags_are_named(checkpoint):
 def test_a_path_typo_fails_before_torch_is_imported(tmp_path):
     probe = ("import sys; from ftprop_cuda.export import main; code = main(sys.argv[1:]); "
              "print(code, 'torch' in sys.modules)")
-    env = dict(os.environ, PYTHONPATH=ROOT)
     for argv, message in (([str(tmp_path / "missing.pt"), "--format", "onnx"], "no such file"),
                           ([str(tmp_path), "--format", "pt2"], "not a file")):
-        code, stdout, stderr = run_cli([sys.executable, "-c", probe, *argv], env=env)
+        code, stdout, stderr = run_cli([sys.executable, "-c", probe, *argv], cwd=tmp_path)
         assert stdout.split() == ["2", "False"] and message in stderr, stderr

@@ -140,7 +140,7 @@ time.sleep(120)
 def test_child_ends_with_its_killed_parent(how, tmp_path):
     env = _env(tmp_path)
     parent = subprocess.Popen([sys.executable, "-c", PARENT, CHILD, how], env=env,
-                              stdout=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         child = int(parent.stdout.readline())
         assert parent.stdout.readline().strip() == how  # the child is armed
@@ -154,13 +154,13 @@ def test_child_ends_with_its_killed_parent(how, tmp_path):
 
 def test_runs_parent_runs_a_module_as_main(tmp_path):
     wrap = [sys.executable, "-m", "ftprop_cuda.runs.parent", str(os.getpid())]
-    code, stdout, _ = run_cli(wrap + ["platform"], env=_env(tmp_path))
+    code, stdout, _ = run_cli(wrap + ["platform"], env=_env(tmp_path), cwd=tmp_path)
     assert code == 0 and stdout.strip()
     code, _, stderr = run_cli(wrap + ["json.tool", str(tmp_path / "missing.json")],
-                              env=_env(tmp_path))
+                              env=_env(tmp_path), cwd=tmp_path)
     assert code == 2 and "missing.json" in stderr  # the module's exit code passes through
     code, _, stderr = run_cli([sys.executable, "-m", "ftprop_cuda.runs.parent", "x"],
-                              env=_env(tmp_path))
+                              env=_env(tmp_path), cwd=tmp_path)
     assert code == 2 and "usage" in stderr
 
 
@@ -278,5 +278,6 @@ def test_abbreviations_and_typos_fail_at_once(tmp_path):
              "print(code, 'torch' in sys.modules)")
     for argv in (["run", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "o")],
                  ["report", str(tmp_path / "missing")]):
-        code, stdout, stderr = run_cli([sys.executable, "-c", probe, *argv], env=_env(tmp_path))
+        code, stdout, stderr = run_cli([sys.executable, "-c", probe, *argv], env=_env(tmp_path),
+                                       cwd=tmp_path)
         assert stdout.split() == ["2", "False"] and stderr.count("\n") == 1, stderr

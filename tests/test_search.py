@@ -1,6 +1,7 @@
 """ftprop_cuda.search: the LP certificate, exhaustive optima, the search on parity and planted
 problems, the tie to FTPROP-MB, determinism, budgets and argument errors."""
 import json
+import os
 import subprocess
 import sys
 
@@ -218,7 +219,7 @@ def _cli(*args):
             "heavy = [m for m in ('torch', 'scipy') if m in sys.modules]; "
             "print('IMPORTED', heavy); sys.exit(rc)")
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, cwd=os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("args", [["nope"], ["parity", "--n", "x"], ["parity", "--beam", "0"],

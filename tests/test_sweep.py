@@ -169,7 +169,8 @@ epochs = 8
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, cwd=tmp_path)  # outside the source tree
     try:
-        _wait_for(lambda: os.path.exists(os.path.join(folder, "last.pt")), proc, "last.pt")
+        # metrics.jsonl is written after last.pt (and the curves): wait for its first epoch
+        _wait_for(lambda: len(sweep.read_metrics(folder)) >= 1, proc, "first epoch")
         kids = _children(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)
         for kid in kids:
