@@ -50,6 +50,16 @@ TORCH_LIBRARY(ftprop_cuda, m) {
   m.def(
       "_pool_offsets_backward(Tensor grad, Tensor packed, int[] input_size, int in_w, "
       "int[2] kernel, int[2] stride, int[2] padding, int[2] dilation, int bits) -> Tensor");
+  // A contiguous CPU input's max-pool (floor mode) with its indices as packed offsets, made in
+  // one pass: (output, packed), bitwise ATen's output and the offsets of ATen's indices.
+  m.def(
+      "_max_pool_offsets(Tensor input, int[2] kernel, int[2] stride, int[2] padding, "
+      "int[2] dilation, int bits) -> (Tensor, Tensor)");
+  // Lean memory mode: a training batch norm's output from its input and saved batch statistics,
+  // in one pass (cpu/batch_norm.cpp; CPU float32, used after a bitwise probe).
+  m.def(
+      "_batch_norm_rebuild(Tensor input, Tensor mean, Tensor invstd, Tensor? weight, "
+      "Tensor? bias) -> Tensor");
   // Lean memory mode: a unit's output as the index of its level (NaN: one past the last level),
   // in bit planes, and back (cpu/level_codes.cpp; CPU only: other devices use torch ops).
   m.def("_level_code_pack(Tensor y, Tensor levels) -> Tensor");

@@ -445,6 +445,104 @@ def test_pool_backward_from_offsets_is_atens(pool, layout, dtype):
     assert_same_bits(lean_grad, expected)
 
 
+needs_one_pass_pool = pytest.mark.skipif(
+    not extension.has_cpu_kernel("_max_pool_offsets"), reason="no compiled one-pass max-pool")
+
+ONE_PASS_POOLS = [  # kernel, stride, padding: floor mode, no dilation (one_pass_available)
+    ((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)), ((3, 3), (1, 1), (1, 1)),
+    ((2, 3), (1, 2), (1, 0)), ((1, 1), (1, 1), (0, 0)), ((3, 2), (3, 1), (0, 1)),
+    ((4, 4), (3, 3), (2, 2)), ((5, 5), (1, 1), (2, 2)), ((2, 2), (3, 3), (1, 0)),
+]
+
+
+@needs_one_pass_pool
+@pytest.mark.parametrize("pool", ONE_PASS_POOLS)
+@pytest.mark.parametrize("shape", [(3, 5, 13, 10), (5, 1, 1), (2, 3, 2, 7), (1, 1, 4, 4)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_pass_max_pool_is_atens(pool, shape, dtype):
+    """The one-pass forward (output and offsets at once): ATen's output bits and the offsets
+    of ATen's indices, with ties, NaN (also several per window), -inf windows, -0.0, padding,
+    overlapping windows and windows that do not tile the input; and through LeanMaxPool2d the
+    whole forward and backward bitwise ATen's."""
+    kernel, stride, padding = pool
+    if any(shape[-2 + d] + 2 * padding[d] < kernel[d] for d in range(2)):
+        pytest.skip("window larger than the padded input (ATen refuses it)")
+    if lean_pool.pool_offset_bits(kernel, (1, 1), shape[-1]) is None:
+        pytest.skip("window rows overlap in the flat index: lean keeps the int64 indices")
+    torch.manual_seed(11)
+    x = torch.randn(shape).mul(2).round().to(dtype)
+    flat = x.view(-1)
+    flat[::5] = math.nan
+    flat[1::9] = -math.inf
+    flat[2::13] = -0.0
+    if x.dim() == 4 and x.shape[1] > 2:
+        x[0, 1] = -math.inf  # a whole plane of -inf: every window keeps its first position
+        x[0, 2] = math.nan
+    args = (x.shape[-1], list(kernel), list(stride), list(padding), [1, 1],
+            lean_pool.offset_bits(kernel))
+    assert lean_pool.one_pass_available(x, kernel, stride, padding, (1, 1), False)
+    out, idx = torch.ops.aten.max_pool2d_with_indices(x, list(kernel), list(stride),
+                                                      list(padding), [1, 1], False)
+    got, packed = torch.ops.ftprop_cuda._max_pool_offsets(x, *args[1:])
+    assert_same_bits(got, out)
+    assert torch.equal(packed, torch.ops.ftprop_cuda._pool_offsets_pack(idx, *args))
+    xg = x.clone().requires_grad_(True)
+    lean_out = lean_pool.LeanMaxPool2d.apply(xg, kernel, stride, padding, (1, 1), False, args[-1])
+    assert_same_bits(lean_out.detach(), out)
+    grad = torch.randn(out.shape).to(dtype)
+    grad.view(-1)[::3] = -0.0  # ATen's backward adds onto zeros: -0.0 comes back as +0.0
+    expected = torch.ops.aten.max_pool2d_with_indices_backward(
+        grad, x, list(kernel), list(stride), list(padding), [1, 1], False, idx)
+    (lean_grad,) = torch.autograd.grad(lean_out, xg, grad)
+    assert_same_bits(lean_grad, expected)
+
+
+@needs_one_pass_pool
+def test_one_pass_max_pool_stands_aside_and_refuses():
+    x = torch.randn(2, 3, 8, 8)
+    ok = lean_pool.one_pass_available
+    assert ok(x, (2, 2), (2, 2), (0, 0), (1, 1), False)
+    assert not ok(x, (2, 2), (2, 2), (0, 0), (1, 1), True)       # ceil mode: ATen + pack
+    assert not ok(x, (2, 2), (2, 2), (0, 0), (2, 1), False)      # dilation
+    assert not ok(x, (2, 2), (2, 2), (2, 0), (1, 1), False)      # padding over half the window
+    assert not ok(x, (9, 2), (2, 2), (0, 0), (1, 1), False)      # window over the input
+    assert not ok(x[:0], (2, 2), (2, 2), (0, 0), (1, 1), False)  # no elements
+    assert not ok(torch.randn(2, 0, 8, 8), (2, 2), (2, 2), (0, 0), (1, 1), False)
+    with pytest.raises(RuntimeError, match="padding at most half the kernel"):
+        torch.ops.ftprop_cuda._max_pool_offsets(x, [2, 2], [2, 2], [2, 2], [1, 1], 2)
+    with pytest.raises(RuntimeError, match="larger than the padded input"):
+        torch.ops.ftprop_cuda._max_pool_offsets(x, [9, 9], [1, 1], [0, 0], [1, 1], 8)
+    with pytest.raises(RuntimeError, match="contiguous 3-D or 4-D floating"):
+        torch.ops.ftprop_cuda._max_pool_offsets(x.transpose(2, 3), [2, 2], [2, 2], [0, 0],
+                                                [1, 1], 2)
+    with pytest.raises(RuntimeError, match="needs more than"):
+        torch.ops.ftprop_cuda._max_pool_offsets(x, [3, 3], [2, 2], [0, 0], [1, 1], 2)
+    # the same errors as ATen's own max-pool where the one-pass path steps aside
+    model = nn.Sequential(nn.MaxPool2d(2, 2, padding=2))
+    xr = x.clone().requires_grad_(True)
+    with pytest.raises(RuntimeError, match="pad should be"):
+        model(xr)
+    with pytest.raises(RuntimeError, match="pad should be"):
+        with ftprop_cuda.memory.lean_memory():
+            model(xr)
+
+
+@needs_pool_backward
+def test_pool_backward_reads_the_last_offset_and_refuses_a_foreign_one():
+    """Offset 3 of 2x2 windows (every byte 0xFF) sends each gradient to its window's last
+    position; code 15 of a 3x3 window (4 bits, 9 positions) is outside it and raises."""
+    g = torch.ones(1, 2, 3, 3)
+    packed = torch.full((5,), 0xFF, dtype=torch.uint8)
+    got = torch.ops.ftprop_cuda._pool_offsets_backward(g, packed, [1, 2, 6, 6], 6, [2, 2],
+                                                       [2, 2], [0, 0], [1, 1], 2)
+    assert got.sum() == 18 and bool((got[..., 1::2, 1::2] == 1).all())
+    packed3 = torch.full((5,), 0xFF, dtype=torch.uint8)
+    with pytest.raises(RuntimeError, match="outside its window or the input"):
+        torch.ops.ftprop_cuda._pool_offsets_backward(torch.ones(1, 1, 3, 3), packed3,
+                                                     [1, 1, 9, 9], 9, [3, 3], [3, 3], [0, 0],
+                                                     [1, 1], 4)
+
+
 @needs_pool_backward
 def test_pool_backward_from_offsets_errors():
     x = torch.randn(1, 2, 6, 6, requires_grad=True)

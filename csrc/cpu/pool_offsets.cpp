@@ -6,11 +6,15 @@
 // window's rows and columns as constants). Offsets are staged one byte each, then packed
 // `8 / bits` to a byte, the layout the CUDA kernels and pool_offsets.h use.
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <limits>
+#include <tuple>
 
 #include "../pool_offsets_args.h"
 #include "loops.h"  // best_isa(), FTPROP_BODY and the target attributes
@@ -227,6 +231,178 @@ at::Tensor pool_offsets_unpack_cpu(const at::Tensor& packed, at::IntArrayRef siz
   return out;
 }
 
+// Max and window offset of one window, ATen's CPU max-pool loop for a contiguous input: the
+// window clipped to the input, positions visited row by row, the maximum starting at -inf at the
+// first position inside the window and moving to a value that is greater or NaN, compared in
+// at::opmath_type (float for half and bfloat16: exact for a comparison). The first position
+// always sets the maximum (a value > -inf or NaN moves it; -inf leaves -inf, the same value), so
+// the loop starts from it. Returns false for a window with no position inside the input.
+template <typename scalar_t>
+inline bool window_max(const scalar_t* plane, int64_t ih, int64_t iw, int64_t in_h,
+                       const PoolGeometry& g, scalar_t* out, uint8_t* off) {
+  using acc_t = at::opmath_type<scalar_t>;
+  int64_t a0 = 0, a1 = g.kh, b0 = 0, b1 = g.kw;
+  while (a0 < a1 && ih + a0 * g.dh < 0) ++a0;
+  while (a1 > a0 && ih + (a1 - 1) * g.dh >= in_h) --a1;
+  while (b0 < b1 && iw + b0 * g.dw < 0) ++b0;
+  while (b1 > b0 && iw + (b1 - 1) * g.dw >= g.in_w) --b1;
+  if (a0 >= a1 || b0 >= b1) return false;
+  acc_t maxval = -std::numeric_limits<acc_t>::infinity();
+  int64_t best = a0 * g.kw + b0;
+  for (int64_t a = a0; a < a1; ++a) {
+    const scalar_t* row = plane + (ih + a * g.dh) * g.in_w + iw;
+    for (int64_t b = b0; b < b1; ++b) {
+      const acc_t v = static_cast<acc_t>(row[b * g.dw]);
+      if (v > maxval || std::isnan(v)) {
+        maxval = v;
+        best = a * g.kw + b;
+      }
+    }
+  }
+  *out = static_cast<scalar_t>(maxval);
+  *off = static_cast<uint8_t>(best);
+  return true;
+}
+
+// The same for n consecutive windows of one output row lying wholly inside the input (no
+// dilation), a KH x KW window known at compile time: selects instead of branches, so the
+// compiler can vectorise across the row.
+template <typename scalar_t, int KH, int KW>
+inline void row_max_inside(const scalar_t* first, int64_t n, int64_t sw, int64_t in_w,
+                           scalar_t* out, uint8_t* off) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t k = 0; k < n; ++k) {
+    const scalar_t* w = first + k * sw;
+    acc_t m = static_cast<acc_t>(w[0]);
+    uint8_t best = 0;
+    for (int a = 0; a < KH; ++a) {
+      for (int b = (a == 0 ? 1 : 0); b < KW; ++b) {
+        const acc_t v = static_cast<acc_t>(w[a * in_w + b]);
+        const bool take = (v > m) | (v != v);
+        m = take ? v : m;
+        best = take ? static_cast<uint8_t>(a * KW + b) : best;
+      }
+    }
+    out[k] = static_cast<scalar_t>(m);
+    off[k] = best;
+  }
+}
+
+// Max-pool outputs [e0, e0 + len) with their offsets packed into dst (PoolBody::pack's layout).
+// *empty is set for a window wholly in the padding (the caller's geometry excludes it).
+template <typename scalar_t>
+void max_pool_offsets_block(const scalar_t* in, scalar_t* out, int64_t e0, int64_t len,
+                            int64_t in_h, const PoolGeometry& g, uint8_t* dst, bool* empty) {
+  uint8_t off[kPoolBlock];
+  const int64_t out_plane = g.out_h * g.out_w, in_plane = in_h * g.in_w;
+  const bool fixed = g.dh == 1 && g.dw == 1 &&
+                     ((g.kh == 2 && g.kw == 2) || (g.kh == 3 && g.kw == 3));
+  // windows of a row wholly inside the input columns: ow in [ow_lo, ow_hi)
+  const int64_t ow_lo = std::min(g.out_w, (g.pw + g.sw - 1) / g.sw);
+  const int64_t last = g.in_w + g.pw - ((g.kw - 1) * g.dw + 1);  // ow * sw <= last
+  const int64_t ow_hi = std::max(ow_lo, std::min(g.out_w, last < 0 ? 0 : last / g.sw + 1));
+  int64_t p = e0 / out_plane;
+  RowCursor at(e0, g);
+  for (int64_t s = 0; s < len;) {
+    const int64_t seg = at.segment(len - s, g);
+    const scalar_t* plane = in + p * in_plane;
+    const int64_t ih = at.oh * g.sh - g.ph;
+    scalar_t* o = out + e0 + s;
+    uint8_t* c = off + s;
+    int64_t lo = at.ow, hi = at.ow + seg;  // this segment's outputs, [lo, hi)
+    int64_t in_lo = lo, in_hi = lo;        // the part taken by row_max_inside
+    if (fixed && ih >= 0 && ih + g.kh <= in_h) {
+      in_lo = std::min(std::max(lo, ow_lo), hi);
+      in_hi = std::max(in_lo, std::min(hi, ow_hi));
+    }
+    for (int64_t ow = lo; ow < hi; ++ow) {
+      if (ow == in_lo && in_hi > in_lo) {
+        const scalar_t* first = plane + ih * g.in_w + in_lo * g.sw - g.pw;
+        if (g.kh == 2) {
+          row_max_inside<scalar_t, 2, 2>(first, in_hi - in_lo, g.sw, g.in_w, o + (ow - lo),
+                                         c + (ow - lo));
+        } else {
+          row_max_inside<scalar_t, 3, 3>(first, in_hi - in_lo, g.sw, g.in_w, o + (ow - lo),
+                                         c + (ow - lo));
+        }
+        ow = in_hi - 1;
+        continue;
+      }
+      if (!window_max(plane, ih, ow * g.sw - g.pw, in_h, g, o + (ow - lo), c + (ow - lo))) {
+        *empty = true;
+      }
+    }
+    at.advance(seg, g);
+    if (at.oh == 0 && at.ow == 0) ++p;  // the cursor wrapped: the next plane
+    s += seg;
+  }
+  const int per = 8 / g.bits;
+  const int64_t bytes = (len + per - 1) / per;
+  for (int64_t k = len; k < bytes * per; ++k) off[k] = 0;
+  switch (g.bits) {
+    case 1: PoolBody::put<1>(off, dst, bytes); break;
+    case 2: PoolBody::put<2>(off, dst, bytes); break;
+    case 4: PoolBody::put<4>(off, dst, bytes); break;
+    default: PoolBody::put<8>(off, dst, bytes); break;
+  }
+}
+
+// (output, packed offsets) of a 2-D max-pool of a contiguous 3-D or 4-D CPU input, floor mode:
+// the output is bitwise ATen's max_pool2d_with_indices output and the offsets are those of its
+// indices (what _pool_offsets_pack makes of them), in one pass over the input.
+std::tuple<at::Tensor, at::Tensor> max_pool_offsets_cpu(const at::Tensor& input,
+                                                        at::IntArrayRef kernel,
+                                                        at::IntArrayRef stride,
+                                                        at::IntArrayRef padding,
+                                                        at::IntArrayRef dilation, int64_t bits) {
+  TORCH_CHECK((input.dim() == 3 || input.dim() == 4) && input.is_contiguous() &&
+                  at::isFloatingType(input.scalar_type()),
+              "ftprop_cuda max-pool offsets: input must be a contiguous 3-D or 4-D floating "
+              "tensor");
+  TORCH_CHECK(kernel.size() == 2 && stride.size() == 2 && padding.size() == 2 &&
+                  dilation.size() == 2,
+              "ftprop_cuda max-pool offsets: kernel, stride, padding, dilation must have 2 values");
+  const int64_t in_h = input.size(-2), in_w = input.size(-1);
+  std::vector<int64_t> out_size(input.sizes().begin(), input.sizes().end());
+  for (int d = 0; d < 2; ++d) {
+    const int64_t size = d == 0 ? in_h : in_w;
+    TORCH_CHECK(kernel[d] > 0 && stride[d] > 0 && dilation[d] > 0 && padding[d] >= 0 &&
+                    padding[d] <= kernel[d] / 2,
+                "ftprop_cuda max-pool offsets: kernel, stride and dilation must be positive and "
+                "padding at most half the kernel");
+    const int64_t span = dilation[d] * (kernel[d] - 1) + 1;
+    TORCH_CHECK(size + 2 * padding[d] >= span,
+                "ftprop_cuda max-pool offsets: the window is larger than the padded input");
+    out_size[out_size.size() - 2 + d] = (size + 2 * padding[d] - span) / stride[d] + 1;
+  }
+  const PoolGeometry geometry =
+      pool_geometry(out_size, in_w, kernel, stride, padding, dilation, bits);
+  at::Tensor out = at::empty(out_size, input.options());
+  const int64_t n = out.numel();
+  at::Tensor packed = at::empty({packed_pool_bytes(n, bits)}, input.options().dtype(at::kByte));
+  if (n == 0) return std::make_tuple(out, packed);
+  uint8_t* dst = packed.mutable_data_ptr<uint8_t>();
+  const int per = 8 / geometry.bits;
+  const int64_t blocks = (n + kPoolBlock - 1) / kPoolBlock;
+  std::atomic<bool> empty_window{false};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "max_pool_offsets", [&] {
+    const scalar_t* ip = input.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      const PoolGeometry g = geometry;
+      bool empty = false;
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t e0 = b * kPoolBlock, len = std::min(kPoolBlock, n - e0);
+        max_pool_offsets_block<scalar_t>(ip, op, e0, len, in_h, g, dst + e0 / per, &empty);
+      }
+      if (empty) empty_window = true;
+    });
+  });
+  TORCH_CHECK(!empty_window.load(), "ftprop_cuda max-pool offsets: a window lies wholly in the "
+              "padding");
+  return std::make_tuple(out, packed);
+}
+
 // A max-pool's input gradient straight from the packed offsets, for a contiguous input: per
 // plane, output by output in ascending order, grad_input[window origin + offset] += grad, in
 // scalar_t arithmetic. That is ATen's CPU max-pool backward (contiguous kernel) with the int64
@@ -302,6 +478,7 @@ TORCH_LIBRARY_IMPL(ftprop_cuda, CPU, m) {
   m.impl("_pool_offsets_pack", &pool_offsets_pack_cpu);
   m.impl("_pool_offsets_unpack", &pool_offsets_unpack_cpu);
   m.impl("_pool_offsets_backward", &pool_offsets_backward_cpu);
+  m.impl("_max_pool_offsets", &max_pool_offsets_cpu);
 }
 
 }  // namespace cpu

@@ -14,7 +14,7 @@ SAVES = functional.SAVE_MODES
 OPS = ("step", "staircase", "_step_backward", "_staircase_backward", "_step_saved",
        "_staircase_saved", "_step_backward_saved", "_staircase_backward_saved",
        "_pool_offsets_pack", "_pool_offsets_unpack", "_pool_offsets_backward",
-       "_level_code_pack", "_level_code_unpack")
+       "_max_pool_offsets", "_batch_norm_rebuild", "_level_code_pack", "_level_code_unpack")
 
 
 def dispatch_key(device):
@@ -51,6 +51,10 @@ def _op_args(op, device):
         "_pool_offsets_backward": lambda: (torch.ones(1, 1, 1, 1, device=device),
                                            torch.zeros(1, dtype=torch.uint8, device=device),
                                            [1, 1, 1, 1], *pool),
+        "_max_pool_offsets": lambda: (torch.ones(1, 1, 1, 1, device=device), *pool[1:]),
+        "_batch_norm_rebuild": lambda: (torch.ones(1, 1, device=device),
+                                        torch.zeros(1, device=device),
+                                        torch.ones(1, device=device), None, None),
         "_level_code_pack": lambda: (torch.tensor([1.0], device=device),
                                      torch.tensor([-1.0, 1.0], device=device)),
         "_level_code_unpack": lambda: (torch.tensor([[1], [0]], dtype=torch.uint8, device=device),

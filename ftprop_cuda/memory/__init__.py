@@ -12,9 +12,13 @@ the backward instead of keeping them (docs/spec.md, "Lean memory mode"):
   code of the output (2 bits for a step unit, ceil(log2(K + 2)) for a K-step staircase:
   each level, and NaN);
 * a training-mode batch norm's output, kept by the unit after it (directly or through a
-  residual add), is recomputed from the batch norm's own kept input;
+  residual add), is rebuilt from the batch norm's own kept input: in one pass from the batch
+  statistics its backward keeps anyway (contiguous float32 CPU, after a bitwise probe against
+  F.batch_norm), else by running the whole batch norm again;
 * a 2-D max-pool keeps neither its input (its backward reads only the input's shape) nor int64
-  indices: their window-local offsets, in 1, 2, 4 or 8 bits each (2 for a 2x2 window, 4 for 3x3).
+  indices: their window-local offsets, in 1, 2, 4 or 8 bits each (2 for a 2x2 window, 4 for 3x3);
+  on a contiguous CPU input its forward makes the output and the offsets in one compiled pass
+  (floor mode, no dilation, after a bitwise probe against ATen's max-pool).
 
 Every rebuilt tensor is bitwise the one the standard path keeps, so the forward and every
 gradient are bitwise identical. Anything lean mode does not recognise is kept as usual. It works
@@ -25,6 +29,7 @@ history to differentiate.
 
     codes.py    bit-plane packing; the level codes of unit outputs
     pool.py     max-pool indices as window offsets; the lean max-pool Function
+    batch_norm.py  a batch norm's output in one pass from its kept statistics
     records.py  rebuildable entries, their sources, the tokens saved in place of tensors
     mode.py     the torch-function mode and saved-tensor hooks; lean_memory()
     hooks.py    lean(), is_lean(), lean_report()

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from ..ops.observers import UnitObserver, observing
+from .batch_norm import kept_statistics
+from .batch_norm import rebuild as batch_norm_rebuild
 from .codes import staircase_output_code, step_output_code
 from .pool import (LeanMaxPool2d, PoolIndices, ShapeOnly, codec_available, pool_backward_available,
                    pool_may_escape, pool_offset_bits, pool_params)
@@ -50,33 +52,54 @@ _BATCH_NORM_ARGS = ("input", "running_mean", "running_var", "weight", "bias", "t
 
 
 def _record_batch_norm(ctx, func, args, kwargs):
-    """A training-mode batch norm: its output is recomputed from its input and parameters."""
+    """A training-mode batch norm: its output is rebuilt from its input, parameters and, where
+    batch_norm.py's one-pass formula applies, the batch statistics its backward keeps."""
     out = func(*args, **kwargs)
     a = dict(zip(_BATCH_NORM_ARGS, args))
     a.update(kwargs)
     if a.get("training", False) and out.requires_grad and isinstance(out, torch.Tensor):
-        x, rm, rv = a["input"], a.get("running_mean"), a.get("running_var")
-        w, b = a.get("weight"), a.get("bias")
-        momentum, eps = a.get("momentum", 0.1), a.get("eps", 1e-5)
-        # the same call on the same input: running statistics go to throw-away copies
-        # (they only receive the update; the output uses the batch statistics)
-        dummy_rm = None if rm is None else rm.detach().clone()
-        dummy_rv = None if rv is None else rv.detach().clone()
+        x, w, b = a["input"], a.get("weight"), a.get("bias")
         params = [p for p in (w, b) if p is not None]
         sources = (Source(ctx, x),) + tuple(Source(ctx, p) for p in params)
-
         autocast = _autocast_state(x.device.type)
-
-        def recompute(xv, *pv, _w=w is not None, _b=b is not None):
-            it = iter(pv)
-            wv = next(it) if _w else None
-            bv = next(it) if _b else None
-            with torch.no_grad(), _autocast(*autocast):
-                return F.batch_norm(xv, dummy_rm, dummy_rv, wv, bv, True, momentum, eps)
-
-        ctx.register(out, Entry(out, "batch-norm output recomputed", sources, recompute,
+        stats = kept_statistics(out, x, w, b, autocast[1])
+        if stats is not None:  # one pass over x from the statistics the node keeps anyway
+            ctx.register(out, Entry(out, "batch-norm output rebuilt from its kept statistics",
+                                    sources + tuple(Source(ctx, t) for t in stats),
+                                    _one_pass(w is not None, b is not None), layer=ctx.module))
+            return out
+        ctx.register(out, Entry(out, "batch-norm output recomputed", sources,
+                                _full_recompute(a, w is not None, b is not None, autocast),
                                 layer=ctx.module))
     return out
+
+
+def _one_pass(has_w, has_b):
+    """The output from the batch norm's input, parameters and kept statistics (batch_norm.py)."""
+    def rebuild(xv, *rest):
+        it = iter(rest)
+        wv = next(it) if has_w else None
+        bv = next(it) if has_b else None
+        mean, invstd = next(it), next(it)
+        return batch_norm_rebuild(xv, mean, invstd, wv, bv)
+    return rebuild
+
+
+def _full_recompute(a, has_w, has_b, autocast):
+    """The same batch-norm call on the same input; its running statistics go to throw-away
+    copies (they only receive the update; the output uses the batch statistics)."""
+    rm, rv = a.get("running_mean"), a.get("running_var")
+    momentum, eps = a.get("momentum", 0.1), a.get("eps", 1e-5)
+    dummy_rm = None if rm is None else rm.detach().clone()
+    dummy_rv = None if rv is None else rv.detach().clone()
+
+    def recompute(xv, *pv):
+        it = iter(pv)
+        wv = next(it) if has_w else None
+        bv = next(it) if has_b else None
+        with torch.no_grad(), _autocast(*autocast):
+            return F.batch_norm(xv, dummy_rm, dummy_rv, wv, bv, True, momentum, eps)
+    return recompute
 
 
 def _record_max_pool(ctx, func, args, kwargs):

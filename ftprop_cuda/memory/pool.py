@@ -75,6 +75,62 @@ def pool_backward_available(x):
         and has_cpu_kernel("_pool_offsets_pack", "_pool_offsets_backward")
 
 
+_PROBED = {}  # dtype -> whether _max_pool_offsets gave ATen's bits in this process
+
+
+def _same_bits(a, b):
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    as_int = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    return torch.equal(a.view(as_int), b.view(as_int))
+
+
+def _probe(dtype):
+    """Whether the one-pass max-pool gives ATen's output bits and the offsets of ATen's indices
+    for this dtype here: random values with ties, NaN and -inf, several window geometries
+    (padding, overlapping windows, unequal strides, sizes the windows do not tile)."""
+    gen = torch.Generator().manual_seed(20261204)
+    x = torch.randint(-3, 4, (2, 3, 9, 11), generator=gen).to(dtype)
+    x.view(-1)[::7] = float("nan")
+    x.view(-1)[3::11] = float("-inf")
+    x[1, 2] = float("-inf")
+    x = torch.cat([x, torch.randn(2, 3, 9, 11, generator=gen).to(dtype)])
+    for k, s, p in (((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)), ((3, 3), (1, 1), (1, 1)),
+                    ((2, 3), (1, 2), (1, 0)), ((1, 1), (1, 1), (0, 0)), ((3, 2), (3, 1), (0, 1))):
+        for t in (x, x[0]):
+            out, idx = torch.ops.aten.max_pool2d_with_indices.default(t, list(k), list(s),
+                                                                     list(p), [1, 1], False)
+            bits = offset_bits(k)
+            args = (t.shape[-1], list(k), list(s), list(p), [1, 1], bits)
+            got, packed = torch.ops.ftprop_cuda._max_pool_offsets(t, *args[1:])
+            if not (_same_bits(got, out) and torch.equal(
+                    packed, torch.ops.ftprop_cuda._pool_offsets_pack(idx, *args))):
+                return False
+    return True
+
+
+def one_pass_available(x, kernel, stride, padding, dilation, ceil_mode):
+    """Whether the compiled one-pass max-pool (output and window offsets at once, no int64
+    indices) serves this call: floor mode, no dilation, a geometry ATen accepts, every dimension
+    but the batch non-empty, and a probe in this process has found it bitwise ATen's for the
+    dtype. Otherwise ATen's max-pool runs and its indices are packed."""
+    if ceil_mode or tuple(dilation) != (1, 1) or x.numel() == 0:
+        return False
+    if not has_cpu_kernel("_max_pool_offsets"):
+        return False
+    for d in range(2):
+        if not (kernel[d] > 0 and stride[d] > 0 and 0 <= padding[d] <= kernel[d] // 2
+                and x.shape[-2 + d] + 2 * padding[d] >= kernel[d]):
+            return False
+    if x.dtype not in _PROBED:
+        try:
+            with torch.no_grad():
+                _PROBED[x.dtype] = _probe(x.dtype)
+        except (RuntimeError, TypeError):
+            _PROBED[x.dtype] = False
+    return _PROBED[x.dtype]
+
+
 class LeanMaxPool2d(torch.autograd.Function):
     """A 2-D max-pool (contiguous CPU input) that keeps only its window offsets, and whose
     backward reads them directly: neither its input nor int64 indices are kept or rebuilt. The
@@ -83,12 +139,16 @@ class LeanMaxPool2d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, kernel, stride, padding, dilation, ceil_mode, bits, layer=None):
-        out, idx = torch.ops.aten.max_pool2d_with_indices.default(
-            x, list(kernel), list(stride), list(padding), list(dilation), ceil_mode)
         ctx.args = (x.shape[-1], list(kernel), list(stride), list(padding), list(dilation), bits)
         ctx.input_size = list(x.shape)
         ctx.watch = (watch(x), x._version, x.dtype, layer)
-        ctx.save_for_backward(torch.ops.ftprop_cuda._pool_offsets_pack(idx, *ctx.args))
+        if one_pass_available(x, kernel, stride, padding, dilation, ceil_mode):
+            out, packed = torch.ops.ftprop_cuda._max_pool_offsets(x, *ctx.args[1:])
+        else:
+            out, idx = torch.ops.aten.max_pool2d_with_indices.default(
+                x, list(kernel), list(stride), list(padding), list(dilation), ceil_mode)
+            packed = torch.ops.ftprop_cuda._pool_offsets_pack(idx, *ctx.args)
+        ctx.save_for_backward(packed)
         return out
 
     @staticmethod

@@ -66,6 +66,20 @@ def pool_offsets_backward_fake(grad, packed, input_size, in_w, kernel, stride, p
     return grad.new_empty(input_size)
 
 
+def max_pool_offsets_fake(input, kernel, stride, padding, dilation, bits):
+    size = list(input.shape)
+    for d in range(2):
+        span = dilation[d] * (kernel[d] - 1) + 1
+        size[-2 + d] = (size[-2 + d] + 2 * padding[d] - span) // stride[d] + 1
+    out = input.new_empty(size)
+    per = 8 // bits
+    return out, input.new_empty(((out.numel() + per - 1) // per,), dtype=torch.uint8)
+
+
+def batch_norm_rebuild_fake(input, mean, invstd, weight, bias):
+    return torch.empty_like(input)
+
+
 FAKES = {
     "step": step_fake,
     "staircase": staircase_fake,
@@ -78,6 +92,8 @@ FAKES = {
     "_pool_offsets_pack": pool_offsets_pack_fake,
     "_pool_offsets_unpack": pool_offsets_unpack_fake,
     "_pool_offsets_backward": pool_offsets_backward_fake,
+    "_max_pool_offsets": max_pool_offsets_fake,
+    "_batch_norm_rebuild": batch_norm_rebuild_fake,
 }
 
 
