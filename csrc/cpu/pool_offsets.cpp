@@ -15,6 +15,7 @@
 #include <cmath>
 #include <limits>
 #include <tuple>
+#include <vector>
 
 #include "../pool_offsets_args.h"
 #include "loops.h"  // best_isa(), FTPROP_BODY and the target attributes
@@ -84,10 +85,16 @@ struct PoolBody {
       at.advance(seg, g);
       s += seg;
     }
-    const int per = 8 / g.bits;
+    put_staged(off, len, g.bits, dst);
+  }
+
+  // Packs len staged one-byte offsets (off has room up to a whole byte past len) `8 / bits` to
+  // a byte into dst.
+  FTPROP_BODY void put_staged(uint8_t* off, int64_t len, int bits, uint8_t* dst) {
+    const int per = 8 / bits;
     const int64_t bytes = (len + per - 1) / per;
     for (int64_t k = len; k < bytes * per; ++k) off[k] = 0;
-    switch (g.bits) {
+    switch (bits) {
       case 1: put<1>(off, dst, bytes); break;
       case 2: put<2>(off, dst, bytes); break;
       case 4: put<4>(off, dst, bytes); break;
@@ -336,15 +343,7 @@ void max_pool_offsets_block(const scalar_t* in, scalar_t* out, int64_t e0, int64
     if (at.oh == 0 && at.ow == 0) ++p;  // the cursor wrapped: the next plane
     s += seg;
   }
-  const int per = 8 / g.bits;
-  const int64_t bytes = (len + per - 1) / per;
-  for (int64_t k = len; k < bytes * per; ++k) off[k] = 0;
-  switch (g.bits) {
-    case 1: PoolBody::put<1>(off, dst, bytes); break;
-    case 2: PoolBody::put<2>(off, dst, bytes); break;
-    case 4: PoolBody::put<4>(off, dst, bytes); break;
-    default: PoolBody::put<8>(off, dst, bytes); break;
-  }
+  PoolBody::put_staged(off, len, g.bits, dst);
 }
 
 // (output, packed offsets) of a 2-D max-pool of a contiguous 3-D or 4-D CPU input, floor mode:

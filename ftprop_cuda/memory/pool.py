@@ -3,7 +3,7 @@
 import torch
 
 from ..ops.extension import KERNEL_DEVICES, LOADED, has_cpu_kernel
-from .records import modified_in_place, no_double_backward, watch
+from .records import modified_in_place, no_double_backward, same_bits, watch
 
 
 def check_version(saved, version, size, dtype, layer):
@@ -78,13 +78,6 @@ def pool_backward_available(x):
 _PROBED = {}  # dtype -> whether _max_pool_offsets gave ATen's bits in this process
 
 
-def _same_bits(a, b):
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    as_int = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
-    return torch.equal(a.view(as_int), b.view(as_int))
-
-
 def _probe(dtype):
     """Whether the one-pass max-pool gives ATen's output bits and the offsets of ATen's indices
     for this dtype here: random values with ties, NaN and -inf, several window geometries
@@ -103,7 +96,7 @@ def _probe(dtype):
             bits = offset_bits(k)
             args = (t.shape[-1], list(k), list(s), list(p), [1, 1], bits)
             got, packed = torch.ops.ftprop_cuda._max_pool_offsets(t, *args[1:])
-            if not (_same_bits(got, out) and torch.equal(
+            if not (same_bits(got, out) and torch.equal(
                     packed, torch.ops.ftprop_cuda._pool_offsets_pack(idx, *args))):
                 return False
     return True

@@ -15,6 +15,7 @@ import contextlib
 import torch
 
 from .hooks import is_lean, lean
+from .records import same_bits
 
 
 class VerifyResult:
@@ -48,18 +49,6 @@ class VerifyResult:
         if self.what == "standard error":
             return f"the standard path itself raised {type(self.error).__name__}: {self.error}"
         return f"lean mode differs from the standard path: the {self.what} of layer {self.layer!r}"
-
-
-def same_bits(a, b):
-    """Bitwise equality of two tensors (NaN payloads included), or of two Nones."""
-    if a is None or b is None:
-        return a is None and b is None
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    a, b = a.detach().reshape(-1).contiguous(), b.detach().reshape(-1).contiguous()
-    if a.dtype == torch.bool or a.element_size() == 1:
-        return torch.equal(a, b)
-    return torch.equal(a.view(torch.uint8), b.view(torch.uint8))
 
 
 def _tensors(out):
