@@ -343,3 +343,31 @@ def test_silent_ddp_peer_times_out_with_exit_4(tmp_path):
     assert "Traceback" not in proc.stderr
     assert "rank 0: a collective with the other processes failed" in proc.stderr
     assert time.monotonic() - began < 100
+
+
+@pytest.mark.parametrize("world", ["1", "2"])
+def test_a_torchrun_worker_ends_without_the_interpreter_shutdown(tmp_path, world):
+    # gloo's worker threads can abort a torchrun worker in the interpreter's shutdown
+    # (command.program); what the command printed still reaches its pipe, and its exit code
+    script = ("import atexit\n"
+              "from ftprop_cuda.train import command\n"
+              "atexit.register(lambda: print('interpreter shutdown', flush=True))\n"
+              "command.main = lambda argv=None: print('the run, buffered') or 5\n"
+              "command.program()\n")
+    proc = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, WORLD_SIZE=world),
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 5, proc.stderr
+    assert "the run, buffered" in proc.stdout
+    assert ("interpreter shutdown" in proc.stdout) == (world == "1")
+
+
+def test_the_command_is_program():
+    import tomllib
+
+    from ftprop_cuda.train import command
+
+    with open(os.path.join(os.path.dirname(__file__), os.pardir, "pyproject.toml"), "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    assert scripts["ftprop-train"] == "ftprop_cuda.train.command:program"
+    main_py = os.path.join(os.path.dirname(command.__file__), "__main__.py")
+    assert "program()" in open(main_py).read()

@@ -12,7 +12,7 @@ is refused (--overwrite replaces it). Exit codes: 0 done; 2 bad arguments, unusa
 unwritable files (one line on stderr); 3 a loss or metric stopped being finite;
 4 a distributed collective failed; 130 SIGINT; 143 SIGTERM.
 
-    command.py      main: the entry point and its exit codes
+    command.py      main: the entry point and its exit codes; program: the command
     cli.py          build_parser, one builder per argument group (torch-free)
     config.py       DEFAULTS, CONFIG_TYPES, RESUME_MUTABLE, EVAL_MUTABLE, resolve_config
     presets.py      the paper's experiments as --preset settings
