@@ -74,13 +74,18 @@ def _record_batch_norm(ctx, func, args, kwargs):
     return out
 
 
+def _weight_bias(values, has_w, has_b):
+    """(weight, bias, the rest) from a batch norm's source values after its input: the weight
+    and the bias come first where the call had them."""
+    k = int(has_w) + int(has_b)
+    it = iter(values[:k])
+    return (next(it) if has_w else None), (next(it) if has_b else None), values[k:]
+
+
 def _one_pass(has_w, has_b):
     """The output from the batch norm's input, parameters and kept statistics (batch_norm.py)."""
     def rebuild(xv, *rest):
-        it = iter(rest)
-        wv = next(it) if has_w else None
-        bv = next(it) if has_b else None
-        mean, invstd = next(it), next(it)
+        wv, bv, (mean, invstd) = _weight_bias(rest, has_w, has_b)
         return batch_norm_rebuild(xv, mean, invstd, wv, bv)
     return rebuild
 
@@ -94,9 +99,7 @@ def _full_recompute(a, has_w, has_b, autocast):
     dummy_rv = None if rv is None else rv.detach().clone()
 
     def recompute(xv, *pv):
-        it = iter(pv)
-        wv = next(it) if has_w else None
-        bv = next(it) if has_b else None
+        wv, bv, _ = _weight_bias(pv, has_w, has_b)
         with torch.no_grad(), _autocast(*autocast):
             return F.batch_norm(xv, dummy_rm, dummy_rv, wv, bv, True, momentum, eps)
     return recompute
